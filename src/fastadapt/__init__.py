@@ -1,0 +1,40 @@
+"""fastadapt: meta-learning for PyTorch, with the inner loop batched over tasks."""
+
+from fastadapt.algorithms.base import LossOutput, MetaLearner, Predictor
+from fastadapt.algorithms.maml import MAML
+from fastadapt.config import RunConfig, list_presets, load_preset
+from fastadapt.engine.evaluate import Estimate, evaluate
+from fastadapt.errors import (
+    CheckpointError,
+    ConfigError,
+    FastAdaptError,
+    NonFiniteLossError,
+    RunDirectoryError,
+)
+from fastadapt.nn.mlp import MLP
+from fastadapt.tasks.sinusoid import SinusoidTasks
+from fastadapt.tasks.task import Task, TaskBatch
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "MAML",
+    "MLP",
+    "CheckpointError",
+    "ConfigError",
+    "Estimate",
+    "FastAdaptError",
+    "LossOutput",
+    "MetaLearner",
+    "NonFiniteLossError",
+    "Predictor",
+    "RunConfig",
+    "RunDirectoryError",
+    "SinusoidTasks",
+    "Task",
+    "TaskBatch",
+    "__version__",
+    "evaluate",
+    "list_presets",
+    "load_preset",
+]

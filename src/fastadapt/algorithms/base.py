@@ -1,0 +1,107 @@
+"""The interface every meta-learner implements (see ``DESIGN.md`` §3).
+
+A meta-learner turns a support set into a predictor (:meth:`MetaLearner.adapt`) and is itself
+trained so that those predictors do well on the query sets (:meth:`MetaLearner.meta_loss`).
+The trainer and the evaluator only ever talk to this interface.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fastadapt.tasks.task import TaskBatch
+
+Problem = Literal["regression", "classification"]
+PROBLEMS = ("regression", "classification")
+
+
+@dataclass
+class LossOutput:
+    """What :meth:`MetaLearner.meta_loss` returns: a differentiable scalar and detached metrics."""
+
+    loss: torch.Tensor
+    metrics: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+class Predictor:
+    """A model adapted to one task: ``predictor(x)`` gives outputs (regression) or logits."""
+
+    def __init__(self, forward: Callable[[torch.Tensor], torch.Tensor], problem: Problem) -> None:
+        self._forward = forward
+        self.problem = problem
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return self._forward(x)
+
+    def predict(self, x: torch.Tensor) -> torch.Tensor:
+        """Regression: the predicted values. Classification: the predicted class indices."""
+        out = self(x)
+        return out.argmax(dim=-1) if self.problem == "classification" else out
+
+    def predict_proba(self, x: torch.Tensor) -> torch.Tensor:
+        """Class probabilities ``[n, ways]`` (classification only)."""
+        if self.problem != "classification":
+            raise TypeError("predict_proba() is only defined for classification predictors.")
+        return self(x).softmax(dim=-1)
+
+
+def task_loss(problem: Problem, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Loss of one task: mean squared error, or cross-entropy over the task's classes."""
+    if problem == "regression":
+        return F.mse_loss(output, target)
+    return F.cross_entropy(output, target)
+
+
+def check_problem(problem: str) -> Problem:
+    if problem not in PROBLEMS:
+        raise ValueError(f"problem must be one of {PROBLEMS}, got {problem!r}.")
+    return problem  # type: ignore[return-value]
+
+
+class MetaLearner(nn.Module, ABC):
+    """Base class: ``adapt`` one task, ``meta_loss`` over a batch, ``task_metrics`` to evaluate."""
+
+    problem: Problem
+
+    @property
+    def loss_metric(self) -> str:
+        """Name of the per-task metric that is the training loss (``mse`` or ``loss``)."""
+        return "mse" if self.problem == "regression" else "loss"
+
+    @property
+    def headline_metric(self) -> tuple[str, bool]:
+        """The metric that ranks checkpoints, and whether higher is better."""
+        return ("mse", False) if self.problem == "regression" else ("accuracy", True)
+
+    def forward(self, batch: TaskBatch) -> LossOutput:
+        """``learner(batch)`` is :meth:`meta_loss`, so ``torch.func.functional_call`` works."""
+        return self.meta_loss(batch)
+
+    @abstractmethod
+    def adapt(self, support_x: torch.Tensor, support_y: torch.Tensor) -> Predictor:
+        """A predictor for the task whose support set is given (no task dimension)."""
+
+    @abstractmethod
+    def meta_loss(self, batch: TaskBatch) -> LossOutput:
+        """Mean query loss over the tasks of ``batch`` after adapting on their support sets."""
+
+    @abstractmethod
+    def task_metrics(self, batch: TaskBatch) -> dict[str, torch.Tensor]:
+        """Per-task evaluation metrics, each a tensor ``[B]`` (e.g. ``mse``, ``accuracy``)."""
+
+    def query_metrics(self, output: torch.Tensor, target: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Per-task metrics from batched query outputs ``[B, n, ...]`` and targets."""
+        if self.problem == "regression":
+            return {"mse": ((output - target) ** 2).flatten(1).mean(dim=1)}
+        log_probs = output.log_softmax(dim=-1)
+        nll = -log_probs.gather(-1, target.unsqueeze(-1)).squeeze(-1).mean(dim=1)
+        accuracy = (output.argmax(dim=-1) == target).float().mean(dim=1)
+        return {"loss": nll, "accuracy": accuracy}

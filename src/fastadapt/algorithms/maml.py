@@ -1,0 +1,226 @@
+"""MAML and its variants (first-order MAML, ANIL, Meta-SGD, MAML++ per-step learning rates).
+
+Finn, Abbeel & Levine 2017, "Model-Agnostic Meta-Learning for Fast Adaptation of Deep
+Networks" (arXiv:1703.03400). The inner loop (Eq. 1) adapts the parameters of each task by
+gradient descent on its support loss,
+
+    θ'_i = θ - α ∇_θ L_{T_i}(f_θ),
+
+and the meta-objective (Eq. 2-3) is the query loss of the adapted parameters,
+``min_θ Σ_i L_{T_i}(f_{θ'_i})``, differentiated through the inner loop (second order) or with
+the inner gradients treated as constants (first order, §5.2).
+
+Options:
+- ``anil`` (Raghu et al. 2020, "Rapid Learning or Feature Reuse?"): only the head's parameters
+  are adapted in the inner loop.
+- ``meta_sgd`` (Li et al. 2017, "Meta-SGD", Eq. 4): θ'_i = θ - α ∘ ∇L with a learned
+  learning rate per parameter element.
+- ``per_step_lr`` (Antoniou et al. 2019, "How to train your MAML", §4 LSLR): a learned learning
+  rate per parameter tensor and per inner step.
+
+The model is a plain ``nn.Module`` applied with ``torch.func.functional_call``; tasks are
+batched by :mod:`fastadapt.nn.batching`. BatchNorm layers should use batch statistics
+(``track_running_stats=False``), as in MAML.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+
+import torch
+from torch import nn
+from torch.func import functional_call
+
+from fastadapt.algorithms.base import LossOutput, MetaLearner, Predictor, check_problem
+from fastadapt.nn.batching import expand_to_tasks, map_over_tasks, resolve_batch_mode
+from fastadapt.tasks.task import TaskBatch
+
+
+class MAML(MetaLearner):
+    """Gradient-based meta-learner: learn an initialisation that adapts in a few SGD steps.
+
+    Args:
+        model: any ``nn.Module`` mapping a task's inputs ``[n, ...]`` to outputs ``[n, ...]``.
+        problem: ``"regression"`` (mean squared error) or ``"classification"`` (cross-entropy).
+        inner_steps / inner_lr: inner-loop steps and step size α during meta-training.
+        eval_inner_steps / eval_inner_lr: the same at evaluation and in :meth:`adapt`
+            (default: the training values).
+        report_steps: step counts after which :meth:`task_metrics` reports metrics
+            (default: ``[eval_inner_steps]``); 0 reports the unadapted model.
+        first_order: drop second-order terms (first-order MAML).
+        anil: adapt only the parameters of ``head`` (default: the model's last child that has
+            parameters).
+        meta_sgd: learn one inner learning rate per parameter element, initialised to α.
+        per_step_lr: learn one inner learning rate per parameter tensor and inner step.
+        batch_mode: ``"vmap"``, ``"loop"`` or ``"auto"`` (see :mod:`fastadapt.nn.batching`).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        problem: str = "regression",
+        inner_steps: int = 1,
+        inner_lr: float = 0.01,
+        eval_inner_steps: int | None = None,
+        eval_inner_lr: float | None = None,
+        report_steps: Sequence[int] | None = None,
+        first_order: bool = False,
+        anil: bool = False,
+        head: str | None = None,
+        meta_sgd: bool = False,
+        per_step_lr: bool = False,
+        batch_mode: str = "auto",
+    ) -> None:
+        super().__init__()
+        self.model = model
+        self.problem = check_problem(problem)
+        self.inner_steps = _positive_int("inner_steps", inner_steps)
+        self.eval_inner_steps = _positive_int(
+            "eval_inner_steps", inner_steps if eval_inner_steps is None else eval_inner_steps
+        )
+        self.inner_lr = _positive_float("inner_lr", inner_lr)
+        learned_lr = meta_sgd or per_step_lr
+        if learned_lr and eval_inner_lr is not None:
+            raise ValueError(
+                "eval_inner_lr cannot be set with meta_sgd or per_step_lr: the learned inner "
+                "learning rates are used at evaluation too; remove eval_inner_lr."
+            )
+        self.eval_inner_lr = _positive_float(
+            "eval_inner_lr", inner_lr if eval_inner_lr is None else eval_inner_lr
+        )
+        self.report_steps = sorted(set(report_steps or [self.eval_inner_steps]))
+        if self.report_steps[0] < 0:
+            raise ValueError(f"report_steps must be >= 0, got {list(report_steps or [])}.")
+        self.first_order = first_order
+        self.per_step_lr = per_step_lr
+        self.batch_mode = resolve_batch_mode(model, batch_mode)
+        self.adapted_names = _adapted_parameter_names(model, head if anil else None, anil)
+        self.inner_lrs: nn.ParameterList | None = None
+        if learned_lr:
+            shapes = dict(model.named_parameters())
+            self.inner_lrs = nn.ParameterList(
+                nn.Parameter(torch.full(self._lr_shape(shapes[name].shape, meta_sgd), inner_lr))
+                for name in self.adapted_names
+            )
+
+    def _lr_shape(self, param_shape: torch.Size, meta_sgd: bool) -> tuple[int, ...]:
+        steps = (self.inner_steps,) if self.per_step_lr else ()
+        return steps + (tuple(param_shape) if meta_sgd else ())
+
+    def meta_loss(self, batch: TaskBatch) -> LossOutput:
+        """Mean query loss after ``inner_steps`` adaptation steps (MAML Eq. 3)."""
+        *_, params = self._inner_loop(
+            batch.support_x, batch.support_y, self.inner_steps, training=True
+        )
+        per_task = self.query_metrics(self._forward_tasks(params, batch.query_x), batch.query_y)
+        loss = per_task[self.loss_metric].mean()
+        return LossOutput(loss, {k: v.detach().mean() for k, v in per_task.items()})
+
+    def task_metrics(self, batch: TaskBatch) -> dict[str, torch.Tensor]:
+        """Query metrics after each of ``report_steps`` evaluation steps, keyed ``name@steps``.
+
+        The metrics after ``eval_inner_steps`` steps are also given under their plain names.
+        """
+        last = max(self.report_steps[-1], self.eval_inner_steps)
+        metrics: dict[str, torch.Tensor] = {}
+        steps = self._inner_loop(batch.support_x, batch.support_y, last, training=False)
+        for step, params in enumerate(steps):
+            if step not in self.report_steps and step != self.eval_inner_steps:
+                continue
+            with torch.no_grad():
+                per_task = self.query_metrics(
+                    self._forward_tasks(params, batch.query_x), batch.query_y
+                )
+            for name, value in per_task.items():
+                if step in self.report_steps:
+                    metrics[f"{name}@{step}"] = value
+                if step == self.eval_inner_steps:
+                    metrics[name] = value
+        return metrics
+
+    def adapt(self, support_x: torch.Tensor, support_y: torch.Tensor) -> Predictor:
+        """Adapt to one task with ``eval_inner_steps`` steps; the predictor holds ``θ'``."""
+        *_, params = self._inner_loop(
+            support_x.unsqueeze(0), support_y.unsqueeze(0), self.eval_inner_steps, training=False
+        )
+        adapted = {name: p[0].detach() for name, p in params.items()}
+        return Predictor(lambda x: functional_call(self.model, adapted, (x,)), self.problem)
+
+    def _forward_tasks(self, params: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+        return map_over_tasks(self._forward_one_task, params, x, mode=self.batch_mode)
+
+    def _forward_one_task(self, params: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+        return functional_call(self.model, params, (x,))
+
+    def _inner_loop(
+        self, support_x: torch.Tensor, support_y: torch.Tensor, steps: int, *, training: bool
+    ) -> Iterator[dict[str, torch.Tensor]]:
+        """Yield the per-task parameters ``[B, ...]`` before and after each inner step (Eq. 1).
+
+        ``training=True`` keeps the graph back to θ (and, unless first order, through the inner
+        gradients); ``training=False`` detaches every step, for evaluation. Parameters that do
+        not require grad (frozen, or θ given under ``torch.no_grad``) are adapted all the same.
+        """
+        shared = dict(self.model.named_parameters())
+        theta = {name: shared[name] for name in self.adapted_names}
+        if not training:
+            theta = {name: p.detach() for name, p in theta.items()}
+        params = expand_to_tasks(theta, support_x.shape[0])
+        yield params
+        create_graph = training and not self.first_order
+        for step in range(steps):
+            with torch.enable_grad():
+                params = {
+                    name: p if training and p.requires_grad else p.detach().requires_grad_()
+                    for name, p in params.items()
+                }
+                output = self._forward_tasks(params, support_x)
+                loss = self.query_metrics(output, support_y)[self.loss_metric].sum()
+                grads = torch.autograd.grad(loss, list(params.values()), create_graph=create_graph)
+                params = {
+                    name: p - self._step_size(index, step, training) * g
+                    for index, ((name, p), g) in enumerate(zip(params.items(), grads))
+                }
+            yield params
+
+    def _step_size(self, index: int, step: int, training: bool) -> float | torch.Tensor:
+        if self.inner_lrs is None:
+            return self.inner_lr if training else self.eval_inner_lr
+        lr = self.inner_lrs[index]
+        if self.per_step_lr:
+            lr = lr[min(step, lr.shape[0] - 1)]
+        return lr if training else lr.detach()
+
+
+def _adapted_parameter_names(model: nn.Module, head: str | None, anil: bool) -> list[str]:
+    names = [name for name, _ in model.named_parameters()]
+    if not names:
+        raise ValueError("the model has no parameters to adapt; pass a model with parameters.")
+    if not anil:
+        return names
+    if head is None:
+        with_params = [n for n, m in model.named_children() if any(True for _ in m.parameters())]
+        if not with_params:
+            raise ValueError("anil=True needs a model with child modules; name the head.")
+        head = with_params[-1]
+    adapted = [n for n in names if n == head or n.startswith(head + ".")]
+    if not adapted:
+        children = [n for n, _ in model.named_children()]
+        raise ValueError(
+            f"anil head {head!r} matches no parameter of the model; "
+            f"choose one of its child modules: {children}."
+        )
+    return adapted
+
+
+def _positive_int(name: str, value: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}.")
+    return value
+
+
+def _positive_float(name: str, value: float) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+        raise ValueError(f"{name} must be a positive number, got {value!r}.")
+    return float(value)

@@ -1,0 +1,262 @@
+"""Run configuration: typed sections, presets shipped as TOML, ``--set key=value`` overrides.
+
+A configuration is five sections (``task``, ``model``, ``algorithm``, ``train``, ``eval``)
+plus the preset's ``reference`` (the paper, table and numbers it targets). Every field has a
+type; an override of an unknown key or of the wrong type is refused with a suggestion.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import sys
+import types
+import typing
+from dataclasses import dataclass, field
+from importlib import resources
+from typing import Any
+
+from fastadapt.errors import ConfigError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on Python 3.10 only
+    import tomli as tomllib
+
+
+@dataclass
+class TaskConfig:
+    family: str = "sinusoid"
+    shots: int = 10
+    queries: int = 10
+
+
+@dataclass
+class ModelConfig:
+    kind: str = "mlp"
+    hidden: list[int] = field(default_factory=lambda: [40, 40])
+    activation: str = "relu"
+
+
+@dataclass
+class AlgorithmConfig:
+    name: str = "maml"
+    inner_steps: int = 1
+    inner_lr: float = 0.01
+    first_order: bool = False
+    anil: bool = False
+    meta_sgd: bool = False
+    per_step_lr: bool = False
+    batch_mode: str = "auto"
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 70_000
+    meta_batch: int = 25
+    optimizer: str = "adam"
+    lr: float = 0.001
+    task_chunk: int | None = None
+    val_every: int = 1000
+    val_tasks: int = 100
+    checkpoint_every: int = 1000
+    log_every: int = 100
+    seed: int = 0
+    device: str = "cpu"
+    threads: int | None = None
+
+
+@dataclass
+class EvalConfig:
+    shots: int = 5
+    queries: int = 100
+    tasks: int = 600
+    inner_steps: int = 10
+    inner_lr: float | None = None
+    report_steps: list[int] = field(default_factory=lambda: [0, 1, 5, 10])
+    seed: int = 0
+    batch: int = 100
+
+
+@dataclass
+class Reference:
+    """What a preset reproduces; not used by training, printed beside our numbers."""
+
+    paper: str = ""
+    table: str = ""
+    protocol: str = ""
+    values: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class RunConfig:
+    preset: str = "custom"
+    description: str = ""
+    task: TaskConfig = field(default_factory=TaskConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    reference: Reference = field(default_factory=Reference)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RunConfig:
+        """Build a config from nested dicts (a preset file or a checkpoint), checking types."""
+        config = cls()
+        for key, value in flatten(data).items():
+            _assign(config, key, value, origin="configuration")
+        config.validate()
+        return config
+
+    def override(self, assignments: list[str]) -> RunConfig:
+        """A copy with ``key=value`` assignments applied (values parsed as TOML literals)."""
+        config = RunConfig.from_dict(self.to_dict())
+        for assignment in assignments:
+            key, sep, raw = assignment.partition("=")
+            if not sep or not key.strip():
+                raise ConfigError(
+                    f"--set expects key=value, got {assignment!r}; e.g. --set train.steps=1000."
+                )
+            _assign(config, key.strip(), _parse_literal(raw.strip()), origin="--set")
+        config.validate()
+        return config
+
+    def validate(self) -> None:
+        """Refuse values that cannot work, naming the key and how to fix it."""
+        positive = {
+            "task.shots": self.task.shots,
+            "task.queries": self.task.queries,
+            "algorithm.inner_steps": self.algorithm.inner_steps,
+            "algorithm.inner_lr": self.algorithm.inner_lr,
+            "train.steps": self.train.steps,
+            "train.meta_batch": self.train.meta_batch,
+            "train.lr": self.train.lr,
+            "train.val_every": self.train.val_every,
+            "train.val_tasks": self.train.val_tasks,
+            "train.checkpoint_every": self.train.checkpoint_every,
+            "train.log_every": self.train.log_every,
+            "eval.shots": self.eval.shots,
+            "eval.queries": self.eval.queries,
+            "eval.tasks": self.eval.tasks,
+            "eval.inner_steps": self.eval.inner_steps,
+            "eval.batch": self.eval.batch,
+        }
+        optional_positive = {
+            "train.task_chunk": self.train.task_chunk,
+            "train.threads": self.train.threads,
+            "eval.inner_lr": self.eval.inner_lr,
+        }
+        positive.update({k: v for k, v in optional_positive.items() if v is not None})
+        for key, value in positive.items():
+            if not value > 0:
+                raise ConfigError(
+                    f"{key} must be positive, got {value!r}; set it with --set {key}=<value>."
+                )
+        if any(hidden < 1 for hidden in self.model.hidden):
+            raise ConfigError(f"model.hidden sizes must be positive, got {self.model.hidden}.")
+        if any(step < 0 for step in self.eval.report_steps):
+            raise ConfigError(
+                f"eval.report_steps must be >= 0, got {self.eval.report_steps}; "
+                "e.g. --set eval.report_steps=[0,1,5,10]."
+            )
+
+
+def list_presets() -> list[str]:
+    """Names of the presets shipped with the package."""
+    files = resources.files("fastadapt.presets").iterdir()
+    return sorted(f.name[: -len(".toml")] for f in files if f.name.endswith(".toml"))
+
+
+def load_preset(name: str) -> RunConfig:
+    """The configuration of a shipped preset; an unknown name suggests the closest ones."""
+    names = list_presets()
+    if name not in names:
+        close = difflib.get_close_matches(name, names, n=3, cutoff=0.4)
+        hint = f" Did you mean {', '.join(close)}?" if close else ""
+        raise ConfigError(
+            f"unknown preset {name!r}.{hint} Run `fastadapt presets` to list them "
+            f"({', '.join(names)})."
+        )
+    text = resources.files("fastadapt.presets").joinpath(f"{name}.toml").read_text("utf-8")
+    return RunConfig.from_dict(tomllib.loads(text))
+
+
+def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested sections as one level of dotted keys (``train.steps``)."""
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        path = f"{prefix}{key}"
+        if isinstance(value, dict) and path != "reference.values":
+            flat.update(flatten(value, path + "."))
+        else:
+            flat[path] = value
+    return flat
+
+
+def _known_keys(config: RunConfig) -> list[str]:
+    return sorted(flatten(config.to_dict()))
+
+
+def _assign(config: RunConfig, key: str, value: Any, origin: str) -> None:
+    section_name, _, field_name = key.rpartition(".")
+    target: Any = getattr(config, section_name, None) if section_name else config
+    known = _known_keys(config)
+    if key not in known or target is None:
+        close = difflib.get_close_matches(key, known, n=3, cutoff=0.5)
+        hint = f" Did you mean {', '.join(close)}?" if close else ""
+        raise ConfigError(f"unknown {origin} key {key!r}.{hint} Known keys: {', '.join(known)}.")
+    expected = typing.get_type_hints(type(target))[field_name]
+    setattr(target, field_name, _coerce(key, value, expected))
+
+
+def _coerce(key: str, value: Any, expected: Any) -> Any:
+    origin = typing.get_origin(expected)
+    if origin in (typing.Union, types.UnionType):
+        options = [t for t in typing.get_args(expected) if t is not type(None)]
+        if value is None or value == "none":
+            return None
+        return _coerce(key, value, options[0])
+    if origin is list:
+        (item_type,) = typing.get_args(expected)
+        if not isinstance(value, list):
+            raise _type_error(key, value, "a list like [1, 2]")
+        return [_coerce(key, item, item_type) for item in value]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise _type_error(key, value, "a table of numbers")
+        return {str(k): _coerce(key, v, float) for k, v in value.items()}
+    if expected is bool:
+        if not isinstance(value, bool):
+            raise _type_error(key, value, "true or false")
+        return value
+    if expected is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise _type_error(key, value, "an integer")
+        return value
+    if expected is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise _type_error(key, value, "a number")
+        return float(value)
+    if expected is str:
+        if not isinstance(value, str):
+            raise _type_error(key, value, "a string")
+        return value
+    raise TypeError(f"unsupported config field type {expected!r} for {key}")
+
+
+def _type_error(key: str, value: Any, wanted: str) -> ConfigError:
+    return ConfigError(
+        f"{key} must be {wanted}, got {value!r} ({type(value).__name__}); "
+        f"e.g. --set {key}=<{wanted}>."
+    )
+
+
+def _parse_literal(raw: str) -> Any:
+    """A ``--set`` value: a TOML literal (``3``, ``0.1``, ``true``, ``[1, 5]``) or a bare string."""
+    try:
+        return tomllib.loads(f"value = {raw}")["value"]
+    except tomllib.TOMLDecodeError:
+        return raw

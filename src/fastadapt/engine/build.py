@@ -1,0 +1,118 @@
+"""Build a run's parts (task families, model, meta-learner, optimizer) from its configuration.
+
+Adding a task family, a model or an algorithm is one builder function and one registry line.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol, TypeVar
+
+import torch
+from torch import nn
+
+from fastadapt.algorithms.base import MetaLearner
+from fastadapt.algorithms.maml import MAML
+from fastadapt.config import RunConfig
+from fastadapt.errors import ConfigError
+from fastadapt.nn.mlp import MLP
+from fastadapt.tasks.sinusoid import SinusoidTasks
+from fastadapt.tasks.task import TaskBatch
+
+
+class TaskFamily(Protocol):
+    """An indexable, seeded source of tasks: ``batch(indices)`` is a pure function of them."""
+
+    def batch(self, indices: list[int] | range) -> TaskBatch: ...
+
+
+@dataclass(frozen=True)
+class FamilySpec:
+    """How to build a task family, and the input/output sizes and problem type of its tasks."""
+
+    build: Callable[[RunConfig, str, int, int, int], TaskFamily]
+    in_features: int
+    out_features: int
+    problem: str
+
+
+def _sinusoid(config: RunConfig, split: str, shots: int, queries: int, seed: int) -> TaskFamily:
+    return SinusoidTasks(shots=shots, queries=queries, seed=seed, split=split)
+
+
+TASK_FAMILIES: dict[str, FamilySpec] = {"sinusoid": FamilySpec(_sinusoid, 1, 1, "regression")}
+
+
+def build_task_family(config: RunConfig, split: str) -> TaskFamily:
+    """Tasks of ``split`` ("train", "val" or "test"); val and test use the eval protocol."""
+    build = _choose("task.family", config.task.family, TASK_FAMILIES).build
+    if split == "train":
+        return build(config, split, config.task.shots, config.task.queries, config.train.seed)
+    return build(config, split, config.eval.shots, config.eval.queries, config.eval.seed)
+
+
+def _mlp(config: RunConfig, in_features: int, out_features: int) -> nn.Module:
+    return MLP(in_features, config.model.hidden, out_features, config.model.activation)
+
+
+MODELS: dict[str, Callable[[RunConfig, int, int], nn.Module]] = {"mlp": _mlp}
+
+
+def _maml(config: RunConfig, model: nn.Module, problem: str) -> MetaLearner:
+    algo, evaluation = config.algorithm, config.eval
+    return MAML(
+        model,
+        problem=problem,
+        inner_steps=algo.inner_steps,
+        inner_lr=algo.inner_lr,
+        eval_inner_steps=evaluation.inner_steps,
+        eval_inner_lr=evaluation.inner_lr,
+        report_steps=evaluation.report_steps,
+        first_order=algo.first_order,
+        anil=algo.anil,
+        meta_sgd=algo.meta_sgd,
+        per_step_lr=algo.per_step_lr,
+        batch_mode=algo.batch_mode,
+    )
+
+
+ALGORITHMS: dict[str, Callable[[RunConfig, nn.Module, str], MetaLearner]] = {"maml": _maml}
+
+
+def build_learner(config: RunConfig) -> MetaLearner:
+    """The meta-learner with a freshly initialised model (seeded by ``train.seed``)."""
+    family = _choose("task.family", config.task.family, TASK_FAMILIES)
+    build_model = _choose("model.kind", config.model.kind, MODELS)
+    build_algorithm = _choose("algorithm.name", config.algorithm.name, ALGORITHMS)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.train.seed)
+        try:
+            model = build_model(config, family.in_features, family.out_features)
+            return build_algorithm(config, model, family.problem)
+        except ValueError as error:
+            raise ConfigError(f"invalid configuration: {error}") from error
+
+
+OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {
+    "adam": torch.optim.Adam,
+    "sgd": torch.optim.SGD,
+}
+
+
+def build_optimizer(config: RunConfig, learner: MetaLearner) -> torch.optim.Optimizer:
+    """The outer-loop optimizer over every parameter of the meta-learner."""
+    optimizer = _choose("train.optimizer", config.train.optimizer, OPTIMIZERS)
+    return optimizer(learner.parameters(), lr=config.train.lr)
+
+
+_T = TypeVar("_T")
+
+
+def _choose(key: str, name: str, registry: dict[str, _T]) -> _T:
+    if name not in registry:
+        raise ConfigError(
+            f"unknown {key} {name!r}; choose one of {sorted(registry)} "
+            f"(e.g. --set {key}={sorted(registry)[0]})."
+        )
+    return registry[name]

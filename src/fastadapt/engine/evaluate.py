@@ -1,0 +1,71 @@
+"""Evaluation over fixed tasks: every metric as mean ± 95% confidence interval.
+
+The interval is ``1.96 · s / √n`` with ``s`` the sample standard deviation of the per-task
+metric over ``n`` tasks, the convention of Prototypical Networks (Snell et al. 2017, §3.2
+reports "95% confidence intervals" over 1000 episodes) and later work.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from fastadapt.algorithms.base import MetaLearner
+from fastadapt.tasks.task import TaskBatch
+
+Z_95 = 1.96
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """Mean of a per-task metric with its 95% confidence half-width, over ``n`` tasks."""
+
+    mean: float
+    ci95: float
+    n: int
+
+    def __str__(self) -> str:
+        return f"{self.mean:.4f} ± {self.ci95:.4f}"
+
+
+def mean_ci95(values: torch.Tensor) -> Estimate:
+    """Mean and ``1.96 · s / √n`` of a 1-D tensor of per-task values."""
+    values = values.detach().double().flatten()
+    n = values.numel()
+    if n == 0:
+        raise ValueError("cannot summarise zero tasks; evaluate at least one.")
+    spread = values.std(unbiased=True).item() if n > 1 else 0.0
+    return Estimate(values.mean().item(), Z_95 * spread / math.sqrt(n), n)
+
+
+def evaluate(
+    learner: MetaLearner,
+    tasks: Callable[[range], TaskBatch],
+    num_tasks: int,
+    batch_size: int,
+    device: torch.device | str = "cpu",
+) -> dict[str, Estimate]:
+    """Evaluate ``learner`` on tasks ``0..num_tasks-1`` of a fixed, seeded task source."""
+    if num_tasks < 1 or batch_size < 1:
+        raise ValueError(
+            f"num_tasks and batch_size must be positive, got {num_tasks} and {batch_size}."
+        )
+    collected: dict[str, list[torch.Tensor]] = {}
+    was_training = learner.training
+    learner.eval()
+    try:
+        for start in range(0, num_tasks, batch_size):
+            batch = tasks(range(start, min(start + batch_size, num_tasks))).to(device)
+            for name, values in learner.task_metrics(batch).items():
+                collected.setdefault(name, []).append(values.detach().cpu())
+    finally:
+        learner.train(was_training)
+    return {name: mean_ci95(torch.cat(parts)) for name, parts in collected.items()}
+
+
+def estimates_to_json(estimates: dict[str, Estimate]) -> dict[str, Any]:
+    return {name: {"mean": e.mean, "ci95": e.ci95, "n": e.n} for name, e in estimates.items()}

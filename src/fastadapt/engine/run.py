@@ -1,0 +1,200 @@
+"""A run folder from start to finish: train a configuration, evaluate it, record the results.
+
+Layout of a run folder::
+
+    config.json            the resolved configuration
+    metrics.csv            training and validation metrics per logged step
+    checkpoints/last.pt    the latest state (resume from here)
+    checkpoints/best.pt    the state with the best validation score
+    results.json           every evaluation of the run, each with its protocol
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from fastadapt.config import RunConfig, flatten
+from fastadapt.engine.build import build_learner, build_optimizer, build_task_family
+from fastadapt.engine.checkpoint import load_checkpoint
+from fastadapt.engine.evaluate import estimates_to_json, evaluate
+from fastadapt.engine.trainer import Trainer, TrainSchedule
+from fastadapt.errors import ConfigError, RunDirectoryError
+from fastadapt.io.atomic import atomic_write_text
+
+#: Settings that a resumed run may change without changing what it computes.
+RESUME_NEUTRAL = ("description", "train.steps", "train.log_every", "train.checkpoint_every")
+RESUME_NEUTRAL_SECTIONS = ("eval.", "reference.")
+
+
+def train_run(
+    config: RunConfig, out: Path, *, resume: bool = False, progress: bool = True
+) -> dict[str, Any]:
+    """Train ``config`` into the folder ``out`` (or continue it), then evaluate on test tasks.
+
+    Returns the evaluation record that is also appended to ``out/results.json``.
+    """
+    checkpoint = None
+    if resume:
+        checkpoint = load_checkpoint(out / "checkpoints" / "last.pt")
+        _check_resume_compatible(checkpoint.config, config.to_dict(), out)
+    else:
+        _claim_new_run_folder(out)
+    device = _device(config.train.device)
+    if config.train.threads is not None:
+        torch.set_num_threads(config.train.threads)
+    learner = build_learner(config).to(device)
+    optimizer = build_optimizer(config, learner)
+    atomic_write_text(out / "config.json", json.dumps(config.to_dict(), indent=2) + "\n")
+    schedule = TrainSchedule(
+        steps=config.train.steps,
+        meta_batch=config.train.meta_batch,
+        task_chunk=config.train.task_chunk,
+        val_every=config.train.val_every,
+        val_tasks=config.train.val_tasks,
+        eval_batch=config.eval.batch,
+        checkpoint_every=config.train.checkpoint_every,
+        log_every=config.train.log_every,
+    )
+    trainer = Trainer(
+        learner,
+        optimizer,
+        build_task_family(config, "train"),
+        build_task_family(config, "val"),
+        schedule,
+        out,
+        config.to_dict(),
+        device,
+        progress,
+    )
+    summary = trainer.fit(checkpoint)
+    return evaluate_run(out, extra={"train_seconds": summary.seconds, "best": summary.best})
+
+
+def evaluate_run(
+    run_dir: Path,
+    *,
+    overrides: list[str] | None = None,
+    checkpoint: str = "best",
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Evaluate a trained run on its test tasks; append the record to ``results.json``.
+
+    ``overrides`` may only change ``eval.*`` settings (tasks, shots, steps, seed…): anything
+    else would describe a different model than the one trained.
+    """
+    for assignment in overrides or []:
+        if not assignment.strip().startswith("eval."):
+            raise ConfigError(
+                f"`fastadapt eval` only accepts eval.* settings, got {assignment!r}; the other "
+                "settings are fixed by the trained run (train a new run to change them)."
+            )
+    if checkpoint not in ("best", "last"):
+        raise ConfigError(f"checkpoint must be 'best' or 'last', got {checkpoint!r}.")
+    if not (run_dir / "checkpoints").is_dir():
+        raise RunDirectoryError(
+            f"{run_dir} holds no trained run (no checkpoints/ folder); pass the --out folder "
+            "of a `fastadapt train` run."
+        )
+    path = run_dir / "checkpoints" / f"{checkpoint}.pt"
+    if checkpoint == "best" and not path.is_file():
+        path = run_dir / "checkpoints" / "last.pt"
+    state = load_checkpoint(path)
+    config = RunConfig.from_dict(state.config).override(overrides or [])
+    device = _device(config.train.device)
+    learner = build_learner(config).to(device)
+    learner.load_state_dict(state.learner)
+    started = time.perf_counter()
+    estimates = evaluate(
+        learner,
+        build_task_family(config, "test").batch,
+        config.eval.tasks,
+        config.eval.batch,
+        device,
+    )
+    record = {
+        "checkpoint": path.name,
+        "step": state.step,
+        "protocol": protocol(config),
+        "metrics": estimates_to_json(estimates),
+        "reference": config.to_dict()["reference"],
+        "eval_seconds": time.perf_counter() - started,
+        **(extra or {}),
+    }
+    _append_result(run_dir / "results.json", record)
+    return record
+
+
+def protocol(config: RunConfig) -> dict[str, Any]:
+    """The evaluation protocol, printed beside every number and stored with it."""
+    return {
+        "split": "test",
+        "family": config.task.family,
+        "shots": config.eval.shots,
+        "queries": config.eval.queries,
+        "tasks": config.eval.tasks,
+        "inner_steps": config.eval.inner_steps,
+        "inner_lr": config.eval.inner_lr or config.algorithm.inner_lr,
+        "report_steps": config.eval.report_steps,
+        "seed": config.eval.seed,
+    }
+
+
+def _append_result(path: Path, record: dict[str, Any]) -> None:
+    history: dict[str, Any] = {"evaluations": []}
+    if path.is_file():
+        try:
+            history = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as error:
+            raise RunDirectoryError(
+                f"{path} is not valid JSON ({error}); it was left untouched. Move it aside "
+                "to record new evaluations."
+            ) from error
+    history.setdefault("evaluations", []).append(record)
+    atomic_write_text(path, json.dumps(history, indent=2) + "\n")
+
+
+def _claim_new_run_folder(out: Path) -> None:
+    if out.exists() and not out.is_dir():
+        raise RunDirectoryError(f"--out {out} is a file; pass a folder for the run.")
+    if out.is_dir() and any(out.iterdir()):
+        holds_run = (out / "config.json").exists() or (out / "checkpoints").exists()
+        what = "holds another run" if holds_run else "is not empty"
+        raise RunDirectoryError(
+            f"--out {out} {what}; it was left untouched. Pass --resume to continue that run, "
+            "or choose a new --out folder."
+        )
+    out.mkdir(parents=True, exist_ok=True)
+
+
+def _check_resume_compatible(saved: dict[str, Any], wanted: dict[str, Any], out: Path) -> None:
+    flat_saved, flat_wanted = flatten(saved), flatten(wanted)
+    differences = [
+        f"{key}: run has {flat_saved.get(key)!r}, now {flat_wanted.get(key)!r}"
+        for key in sorted(set(flat_saved) | set(flat_wanted))
+        if flat_saved.get(key) != flat_wanted.get(key)
+        and key not in RESUME_NEUTRAL
+        and not key.startswith(RESUME_NEUTRAL_SECTIONS)
+    ]
+    if differences:
+        raise ConfigError(
+            f"cannot resume {out}: the configuration differs from the run's in settings that "
+            f"change its results ({'; '.join(differences)}). Resume with the run's own "
+            "settings, or start a new run with a new --out."
+        )
+
+
+def _device(name: str) -> torch.device:
+    try:
+        device = torch.device(name)
+    except RuntimeError as error:
+        raise ConfigError(f"train.device {name!r} is not a device name ({error}).") from error
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(
+            "train.device is 'cuda' but no CUDA device is available; use --set train.device=cpu."
+        )
+    return device

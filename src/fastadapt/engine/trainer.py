@@ -1,0 +1,189 @@
+"""The meta-training loop: tasks in, meta-gradient steps out, with validation and checkpoints.
+
+The trainer knows only the :class:`~fastadapt.algorithms.base.MetaLearner` interface and a
+task source. Task batch ``s`` of the training stream holds tasks ``s·B … s·B+B-1``, a pure
+function of the seed, so a resumed run sees exactly the tasks it would have seen.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from fastadapt.algorithms.base import MetaLearner
+from fastadapt.engine.build import TaskFamily
+from fastadapt.engine.checkpoint import (
+    Checkpoint,
+    capture_rng_state,
+    restore_rng_state,
+    save_checkpoint,
+)
+from fastadapt.engine.evaluate import evaluate
+from fastadapt.engine.metrics_log import MetricsLog
+from fastadapt.errors import NonFiniteLossError
+
+
+@dataclass(frozen=True)
+class TrainSchedule:
+    """How long to train and how often to log, validate and checkpoint (all in steps)."""
+
+    steps: int
+    meta_batch: int
+    task_chunk: int | None = None
+    val_every: int = 1000
+    val_tasks: int = 100
+    eval_batch: int = 100
+    checkpoint_every: int = 1000
+    log_every: int = 100
+
+
+@dataclass
+class TrainSummary:
+    steps: int
+    seconds: float
+    best: dict[str, Any]
+
+
+class Trainer:
+    """Trains ``learner`` on ``train_tasks``, validating on fixed ``val_tasks``.
+
+    Checkpoints ``checkpoints/last.pt`` (every ``checkpoint_every`` steps and at the end) and
+    ``checkpoints/best.pt`` (at each validation that improves the headline metric) are written
+    atomically with the configuration, step and every RNG state.
+    """
+
+    def __init__(
+        self,
+        learner: MetaLearner,
+        optimizer: torch.optim.Optimizer,
+        train_tasks: TaskFamily,
+        val_tasks: TaskFamily,
+        schedule: TrainSchedule,
+        run_dir: Path,
+        config: dict[str, Any],
+        device: torch.device,
+        progress: bool = True,
+    ) -> None:
+        self.learner, self.optimizer = learner, optimizer
+        self.train_tasks, self.val_tasks = train_tasks, val_tasks
+        self.schedule, self.run_dir, self.config = schedule, run_dir, config
+        self.device, self.progress = device, progress
+        self.headline, self.higher_is_better = learner.headline_metric
+
+    @property
+    def last_path(self) -> Path:
+        return self.run_dir / "checkpoints" / "last.pt"
+
+    @property
+    def best_path(self) -> Path:
+        return self.run_dir / "checkpoints" / "best.pt"
+
+    def fit(self, resume_from: Checkpoint | None = None) -> TrainSummary:
+        """Train to ``schedule.steps``, starting fresh or from a checkpoint of this run."""
+        step, best = 0, {"metric": self.headline, "value": None, "step": None}
+        if resume_from is not None:
+            self.learner.load_state_dict(resume_from.learner)
+            self.optimizer.load_state_dict(resume_from.optimizer)
+            restore_rng_state(resume_from.rng)
+            step, best = resume_from.step, dict(resume_from.best)
+        log = MetricsLog(self.run_dir / "metrics.csv", resume_step=step if resume_from else None)
+        started = time.perf_counter()
+        bar = tqdm(
+            total=self.schedule.steps,
+            initial=step,
+            disable=not self.progress,
+            desc="meta-train",
+            dynamic_ncols=True,
+        )
+        postfix: dict[str, str] = {}
+        try:
+            while step < self.schedule.steps:
+                metrics = self._meta_step(step)
+                step += 1
+                bar.update(1)
+                row: dict[str, float] = {}
+                if step % self.schedule.log_every == 0 or step == self.schedule.steps:
+                    row.update({f"train_{k}": v.item() for k, v in metrics.items()})
+                    postfix["loss"] = f"{row[f'train_{self.learner.loss_metric}']:.4f}"
+                if step % self.schedule.val_every == 0 or step == self.schedule.steps:
+                    value = self._validate()
+                    row[f"val_{self.headline}"] = value
+                    postfix[f"val_{self.headline}"] = f"{value:.4f}"
+                    if self._improves(value, best["value"]):
+                        best = {"metric": self.headline, "value": value, "step": step}
+                        save_checkpoint(self.best_path, self._checkpoint(step, best))
+                if row:
+                    log.append(step, row)
+                    bar.set_postfix(postfix, refresh=False)
+                if step % self.schedule.checkpoint_every == 0 or step == self.schedule.steps:
+                    save_checkpoint(self.last_path, self._checkpoint(step, best))
+                    log.flush()
+        finally:
+            bar.close()
+            log.flush()
+        return TrainSummary(step, time.perf_counter() - started, best)
+
+    def _meta_step(self, step: int) -> dict[str, torch.Tensor]:
+        size = self.schedule.meta_batch
+        batch = self.train_tasks.batch(range(step * size, (step + 1) * size)).to(self.device)
+        chunk = self.schedule.task_chunk or size
+        self.optimizer.zero_grad(set_to_none=True)
+        totals: dict[str, torch.Tensor] = {}
+        for start in range(0, size, chunk):
+            part = batch[start : start + chunk]
+            output = self.learner.meta_loss(part)
+            if not torch.isfinite(output.loss):
+                raise NonFiniteLossError(
+                    f"the meta-loss became {output.loss.item()} at step {step + 1}; training "
+                    f"stopped. The last good checkpoint is {self.last_path} (if one was "
+                    "written). Lower train.lr or the inner learning rate, then start again or "
+                    "resume."
+                )
+            weight = len(part) / size
+            (output.loss * weight).backward()
+            for name, value in output.metrics.items():
+                totals[name] = totals.get(name, 0.0) + value * weight
+        self.optimizer.step()
+        return totals
+
+    def _validate(self) -> float:
+        estimates = evaluate(
+            self.learner,
+            self.val_tasks.batch,
+            self.schedule.val_tasks,
+            self.schedule.eval_batch,
+            self.device,
+        )
+        return estimates[self.headline].mean
+
+    def _improves(self, value: float, best: float | None) -> bool:
+        if not math.isfinite(value):
+            return False
+        if best is None:
+            return True
+        return value > best if self.higher_is_better else value < best
+
+    def _checkpoint(self, step: int, best: dict[str, Any]) -> Checkpoint:
+        state = self.learner.state_dict()
+        bad = [
+            name for name, t in state.items() if t.is_floating_point() and not t.isfinite().all()
+        ]
+        if bad:
+            raise NonFiniteLossError(
+                f"parameters {bad[:3]} became non-finite by step {step}; no checkpoint was "
+                f"written, the last good one is {self.last_path}. Lower train.lr."
+            )
+        return Checkpoint(
+            step=step,
+            config=self.config,
+            learner={k: v.detach().cpu().clone() for k, v in state.items()},
+            optimizer=self.optimizer.state_dict(),
+            best=best,
+            rng=capture_rng_state(),
+        )

@@ -1,0 +1,1 @@
+"""Paper-reproduction presets, one TOML file each (listed by ``fastadapt presets``)."""

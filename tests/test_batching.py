@@ -1,0 +1,64 @@
+"""vmap and loop batching give the same numbers; the automatic choice follows the model."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import image_batch, regression_batch, small_conv_net, small_mlp
+from torch.func import functional_call
+
+from fastadapt.algorithms.maml import MAML
+from fastadapt.nn.batching import expand_to_tasks, map_over_tasks, resolve_batch_mode
+
+
+def test_auto_mode_uses_vmap_for_mlps_and_a_loop_for_convolutions():
+    assert resolve_batch_mode(small_mlp()) == "vmap"
+    assert resolve_batch_mode(small_conv_net()) == "loop"
+    assert resolve_batch_mode(small_conv_net(), "vmap") == "vmap"
+    with pytest.raises(ValueError, match="batch mode must be one of"):
+        resolve_batch_mode(small_mlp(), "parallel")
+
+
+@pytest.mark.parametrize(
+    ("make_model", "make_batch"),
+    [(small_mlp, regression_batch), (small_conv_net, image_batch)],
+)
+def test_map_over_tasks_modes_agree(make_model, make_batch):
+    model, batch = make_model(), make_batch(dtype=torch.float32)
+    params = expand_to_tasks(dict(model.named_parameters()), batch.num_tasks)
+
+    def forward(p, x):
+        return functional_call(model, p, (x,))
+
+    by_vmap = map_over_tasks(forward, params, batch.support_x, mode="vmap")
+    by_loop = map_over_tasks(forward, params, batch.support_x, mode="loop")
+    assert torch.allclose(by_vmap, by_loop, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("make_model", "make_batch", "problem"),
+    [(small_mlp, regression_batch, "regression"), (small_conv_net, image_batch, "classification")],
+)
+def test_meta_loss_and_metrics_agree_between_modes(make_model, make_batch, problem):
+    model, batch = make_model(), make_batch(dtype=torch.float32)
+    results = {}
+    for mode in ("vmap", "loop"):
+        learner = MAML(
+            model,
+            problem=problem,
+            inner_steps=2,
+            inner_lr=0.1,
+            batch_mode=mode,
+            report_steps=[0, 1, 3],
+        )
+        loss = learner.meta_loss(batch).loss
+        results[mode] = (
+            loss,
+            torch.autograd.grad(loss, list(model.parameters())),
+            learner.task_metrics(batch),
+        )
+    (loss_v, grads_v, metrics_v), (loss_l, grads_l, metrics_l) = results["vmap"], results["loop"]
+    assert torch.allclose(loss_v, loss_l, atol=1e-6)
+    assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(grads_v, grads_l))
+    assert metrics_v.keys() == metrics_l.keys()
+    assert all(torch.allclose(metrics_v[k], metrics_l[k], atol=1e-5) for k in metrics_v)

@@ -1,0 +1,84 @@
+"""Configuration: presets load, overrides are typed, bad values are refused with a hint."""
+
+from __future__ import annotations
+
+import pytest
+
+from fastadapt.config import RunConfig, list_presets, load_preset
+from fastadapt.engine.build import build_learner
+from fastadapt.errors import ConfigError
+
+
+def test_every_shipped_preset_loads_and_builds():
+    assert "sinusoid-maml" in list_presets()
+    for name in list_presets():
+        config = load_preset(name)
+        assert config.preset == name and config.reference.paper and config.reference.values
+        build_learner(config)
+
+
+def test_sinusoid_preset_is_the_papers_setting():
+    config = load_preset("sinusoid-maml")
+    assert (config.task.shots, config.model.hidden, config.algorithm.inner_steps) == (
+        10,
+        [40, 40],
+        1,
+    )
+    assert (config.algorithm.inner_lr, config.train.meta_batch, config.train.steps) == (
+        0.01,
+        25,
+        70000,
+    )
+    assert config.train.optimizer == "adam" and config.eval.shots == 5
+
+
+def test_overrides_parse_toml_literals_and_round_trip():
+    config = load_preset("sinusoid-maml").override(
+        [
+            "eval.report_steps=[1, 2]",
+            "algorithm.first_order=true",
+            "train.lr=1e-4",
+            "train.task_chunk=5",
+            "model.activation=tanh",
+        ]
+    )
+    assert config.eval.report_steps == [1, 2] and config.algorithm.first_order is True
+    assert config.train.lr == 1e-4 and config.train.task_chunk == 5
+    assert RunConfig.from_dict(config.to_dict()) == config
+
+
+@pytest.mark.parametrize(
+    ("assignment", "message"),
+    [
+        ("train.stpes=5", "Did you mean train.steps"),
+        ("steps=5", "unknown --set key 'steps'"),
+        ("train.steps=1.5", "train.steps must be an integer"),
+        ("train.steps=true", "train.steps must be an integer"),
+        ("algorithm.first_order=1", "must be true or false"),
+        ("eval.report_steps=3", "must be a list"),
+        ("task.shots=-1", "task.shots must be positive"),
+        ("eval.tasks=0", "eval.tasks must be positive"),
+        ("algorithm.inner_steps=0", "algorithm.inner_steps must be positive"),
+        ("model.hidden=[40, 0]", "model.hidden sizes must be positive"),
+        ("no-equals-sign", "expects key=value"),
+    ],
+)
+def test_bad_overrides_are_refused(assignment, message):
+    with pytest.raises(ConfigError, match=message):
+        load_preset("sinusoid-maml").override([assignment])
+
+
+@pytest.mark.parametrize(
+    ("assignment", "message"),
+    [
+        ("algorithm.name=protonet", "unknown algorithm.name 'protonet'"),
+        ("model.kind=resnet", "unknown model.kind"),
+        ("task.family=omniglot", "unknown task.family"),
+        ("model.activation=swish", "unknown activation"),
+        ("algorithm.batch_mode=gpu", "batch mode must be one of"),
+    ],
+)
+def test_unknown_component_names_are_refused_when_building(assignment, message):
+    config = load_preset("sinusoid-maml").override([assignment])
+    with pytest.raises(ConfigError, match=message):
+        build_learner(config)

@@ -1,0 +1,137 @@
+"""Training runs: bit-exact resume, non-finite losses, run folders and checkpoints."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from fastadapt.algorithms.maml import MAML
+from fastadapt.config import load_preset
+from fastadapt.engine.checkpoint import load_checkpoint
+from fastadapt.engine.run import evaluate_run, train_run
+from fastadapt.engine.trainer import Trainer
+from fastadapt.errors import CheckpointError, ConfigError, NonFiniteLossError, RunDirectoryError
+
+TINY = [
+    "train.steps=6",
+    "train.meta_batch=4",
+    "train.val_every=2",
+    "train.val_tasks=8",
+    "train.checkpoint_every=2",
+    "train.log_every=1",
+    "eval.tasks=10",
+    "eval.inner_steps=2",
+    "eval.report_steps=[0,1,2]",
+    "eval.batch=4",
+]
+
+
+def tiny_config(*extra: str):
+    return load_preset("sinusoid-maml").override([*TINY, *extra])
+
+
+def _snapshot(folder):
+    return {p.relative_to(folder): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_resume_after_a_kill_is_bit_exact(tmp_path, monkeypatch):
+    straight = tmp_path / "straight"
+    train_run(tiny_config(), straight, progress=False)
+
+    interrupted = tmp_path / "interrupted"
+    original = Trainer._meta_step
+
+    def killed_at_step_five(self, step):
+        if step == 4:  # after the checkpoint at step 4 was written, before step 5 ends
+            raise KeyboardInterrupt
+        return original(self, step)
+
+    monkeypatch.setattr(Trainer, "_meta_step", killed_at_step_five)
+    with pytest.raises(KeyboardInterrupt):
+        train_run(tiny_config(), interrupted, progress=False)
+    assert load_checkpoint(interrupted / "checkpoints" / "last.pt").step == 4
+    monkeypatch.setattr(Trainer, "_meta_step", original)
+    train_run(tiny_config(), interrupted, resume=True, progress=False)
+
+    a = load_checkpoint(straight / "checkpoints" / "last.pt")
+    b = load_checkpoint(interrupted / "checkpoints" / "last.pt")
+    assert a.step == b.step == 6
+    assert all(torch.equal(a.learner[k], b.learner[k]) for k in a.learner)
+    assert (straight / "metrics.csv").read_text() == (interrupted / "metrics.csv").read_text()
+    first = json.loads((straight / "results.json").read_text())["evaluations"][0]["metrics"]
+    second = json.loads((interrupted / "results.json").read_text())["evaluations"][0]["metrics"]
+    assert first == second
+
+
+def test_resume_may_extend_training_but_not_change_it(tmp_path):
+    out = tmp_path / "run"
+    train_run(tiny_config(), out, progress=False)
+    with pytest.raises(ConfigError, match=r"algorithm\.inner_lr"):
+        train_run(tiny_config("algorithm.inner_lr=0.02"), out, resume=True, progress=False)
+    train_run(tiny_config("train.steps=8"), out, resume=True, progress=False)
+    assert load_checkpoint(out / "checkpoints" / "last.pt").step == 8
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    original = MAML.meta_loss
+    calls = {"n": 0}
+
+    def nan_at_third_step(self, batch):
+        calls["n"] += 1
+        output = original(self, batch)
+        if calls["n"] == 3:
+            output.loss = output.loss * float("nan")
+        return output
+
+    monkeypatch.setattr(MAML, "meta_loss", nan_at_third_step)
+    with pytest.raises(NonFiniteLossError, match="step 3"):
+        train_run(tiny_config(), out, progress=False)
+    checkpoint = load_checkpoint(out / "checkpoints" / "last.pt")
+    assert checkpoint.step == 2
+    assert all(torch.isfinite(t).all() for t in checkpoint.learner.values())
+
+
+def test_out_folder_with_another_run_is_refused_and_untouched(tmp_path):
+    out = tmp_path / "run"
+    train_run(tiny_config(), out, progress=False)
+    before = _snapshot(out)
+    with pytest.raises(RunDirectoryError, match="holds another run"):
+        train_run(tiny_config(), out, progress=False)
+    assert _snapshot(out) == before
+    other = tmp_path / "notes"
+    other.mkdir()
+    (other / "todo.txt").write_text("mine")
+    with pytest.raises(RunDirectoryError, match="is not empty"):
+        train_run(tiny_config(), other, progress=False)
+    assert (other / "todo.txt").read_text() == "mine"
+
+
+def test_missing_and_corrupt_checkpoints_are_explained(tmp_path):
+    with pytest.raises(CheckpointError, match="no checkpoint"):
+        train_run(tiny_config(), tmp_path / "never-trained", resume=True, progress=False)
+    out = tmp_path / "run"
+    train_run(tiny_config(), out, progress=False)
+    last = out / "checkpoints" / "last.pt"
+    last.write_bytes(last.read_bytes()[:100])
+    with pytest.raises(CheckpointError, match="truncated"):
+        train_run(tiny_config(), out, resume=True, progress=False)
+    torch.save({"weights": torch.zeros(2)}, last)
+    with pytest.raises(CheckpointError, match="not a fastadapt checkpoint"):
+        train_run(tiny_config(), out, resume=True, progress=False)
+    with pytest.raises(RunDirectoryError, match="no trained run"):
+        evaluate_run(tmp_path)
+
+
+def test_eval_appends_a_record_with_its_protocol(tmp_path):
+    out = tmp_path / "run"
+    train_run(tiny_config(), out, progress=False)
+    record = evaluate_run(out, overrides=["eval.tasks=12", "eval.shots=10"])
+    assert record["protocol"]["tasks"] == 12 and record["protocol"]["shots"] == 10
+    assert record["metrics"]["mse@2"]["n"] == 12
+    history = json.loads((out / "results.json").read_text())["evaluations"]
+    assert len(history) == 2 and history[1] == json.loads(json.dumps(record))
+    with pytest.raises(ConfigError, match="only accepts eval"):
+        evaluate_run(out, overrides=["train.lr=0.1"])

@@ -5,10 +5,16 @@ from __future__ import annotations
 import pytest
 import torch
 from conftest import image_batch, regression_batch, small_conv_net, small_mlp
+from torch import nn
 from torch.func import functional_call
 
 from fastadapt.algorithms.maml import MAML
-from fastadapt.nn.batching import expand_to_tasks, map_over_tasks, resolve_batch_mode
+from fastadapt.nn.batching import (
+    call_over_tasks,
+    expand_to_tasks,
+    map_over_tasks,
+    resolve_batch_mode,
+)
 
 
 def test_auto_mode_uses_vmap_for_mlps_and_a_loop_for_convolutions():
@@ -62,3 +68,58 @@ def test_meta_loss_and_metrics_agree_between_modes(make_model, make_batch, probl
     assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(grads_v, grads_l))
     assert metrics_v.keys() == metrics_l.keys()
     assert all(torch.allclose(metrics_v[k], metrics_l[k], atol=1e-5) for k in metrics_v)
+
+
+class _Residual(nn.Module):
+    """A module with its own forward, which the vectorised path hands to torch.vmap."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.inner = nn.Linear(6, 6)
+
+    def forward(self, x):
+        return x + torch.tanh(self.inner(x))
+
+
+def _mixed_model() -> nn.Module:
+    return nn.Sequential(
+        nn.Linear(3, 6, bias=False),
+        nn.GELU(),
+        _Residual(),
+        nn.Linear(6, 6),
+        nn.ReLU(),
+        nn.Linear(6, 2),
+    )
+
+
+@pytest.mark.parametrize(
+    "adapted",
+    [
+        None,  # every parameter per task
+        ["5.weight", "5.bias"],  # ANIL: shared body, per-task head
+        ["3.bias", "2.inner.weight"],  # a shared weight with a per-task bias, a vmapped child
+        [],  # nothing per task
+    ],
+)
+@pytest.mark.parametrize("input_shape", [(4, 3), (4, 2, 3)])
+def test_vectorised_call_matches_a_loop_for_any_split_of_parameters(adapted, input_shape):
+    model = _mixed_model()
+    tasks = 3
+    names = [n for n, _ in model.named_parameters()] if adapted is None else adapted
+    shared = dict(model.named_parameters())
+    task_params = {
+        n: shared[n].detach().unsqueeze(0).repeat(tasks, *[1] * shared[n].dim())
+        + 0.1 * torch.randn(tasks, *shared[n].shape)
+        for n in names
+    }
+    x = torch.randn(tasks, *input_shape)
+    vectorised = call_over_tasks(model, task_params, x, mode="vmap")
+    looped = call_over_tasks(model, task_params, x, mode="loop")
+    by_hand = torch.stack(
+        [
+            functional_call(model, {n: p[i] for n, p in task_params.items()}, (x[i],))
+            for i in range(tasks)
+        ]
+    )
+    assert torch.allclose(vectorised, by_hand, atol=1e-6)
+    assert torch.allclose(looped, by_hand, atol=1e-6)

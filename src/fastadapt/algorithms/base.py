@@ -97,11 +97,16 @@ class MetaLearner(nn.Module, ABC):
     def task_metrics(self, batch: TaskBatch) -> dict[str, torch.Tensor]:
         """Per-task evaluation metrics, each a tensor ``[B]`` (e.g. ``mse``, ``accuracy``)."""
 
-    def query_metrics(self, output: torch.Tensor, target: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Per-task metrics from batched query outputs ``[B, n, ...]`` and targets."""
+    def task_losses(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Per-task loss ``[B]`` of batched outputs ``[B, n, ...]``: MSE or cross-entropy."""
         if self.problem == "regression":
-            return {"mse": ((output - target) ** 2).flatten(1).mean(dim=1)}
+            return ((output - target) ** 2).mean(dim=tuple(range(1, output.dim())))
         log_probs = output.log_softmax(dim=-1)
-        nll = -log_probs.gather(-1, target.unsqueeze(-1)).squeeze(-1).mean(dim=1)
-        accuracy = (output.argmax(dim=-1) == target).float().mean(dim=1)
-        return {"loss": nll, "accuracy": accuracy}
+        return -log_probs.gather(-1, target.unsqueeze(-1)).squeeze(-1).mean(dim=1)
+
+    def query_metrics(self, output: torch.Tensor, target: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Per-task metrics ``[B]`` of batched outputs: the loss, and accuracy if classifying."""
+        metrics = {self.loss_metric: self.task_losses(output, target)}
+        if self.problem == "classification":
+            metrics["accuracy"] = (output.argmax(dim=-1) == target).float().mean(dim=1)
+        return metrics

@@ -32,7 +32,7 @@ from torch import nn
 from torch.func import functional_call
 
 from fastadapt.algorithms.base import LossOutput, MetaLearner, Predictor, check_problem
-from fastadapt.nn.batching import expand_to_tasks, map_over_tasks, resolve_batch_mode
+from fastadapt.nn.batching import call_over_tasks, expand_to_tasks, resolve_batch_mode
 from fastadapt.tasks.task import TaskBatch
 
 
@@ -148,10 +148,7 @@ class MAML(MetaLearner):
         return Predictor(lambda x: functional_call(self.model, adapted, (x,)), self.problem)
 
     def _forward_tasks(self, params: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
-        return map_over_tasks(self._forward_one_task, params, x, mode=self.batch_mode)
-
-    def _forward_one_task(self, params: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
-        return functional_call(self.model, params, (x,))
+        return call_over_tasks(self.model, params, x, mode=self.batch_mode)
 
     def _inner_loop(
         self, support_x: torch.Tensor, support_y: torch.Tensor, steps: int, *, training: bool
@@ -175,22 +172,29 @@ class MAML(MetaLearner):
                     name: p if training and p.requires_grad else p.detach().requires_grad_()
                     for name, p in params.items()
                 }
-                output = self._forward_tasks(params, support_x)
-                loss = self.query_metrics(output, support_y)[self.loss_metric].sum()
-                grads = torch.autograd.grad(loss, list(params.values()), create_graph=create_graph)
-                params = {
-                    name: p - self._step_size(index, step, training) * g
-                    for index, ((name, p), g) in enumerate(zip(params.items(), grads))
-                }
+                loss = self.task_losses(self._forward_tasks(params, support_x), support_y).sum()
+                tensors = list(params.values())
+                grads = torch.autograd.grad(loss, tensors, create_graph=create_graph)
+                params = dict(zip(params, self._gradient_step(tensors, grads, step, training)))
             yield params
 
-    def _step_size(self, index: int, step: int, training: bool) -> float | torch.Tensor:
+    def _gradient_step(
+        self,
+        tensors: list[torch.Tensor],
+        grads: tuple[torch.Tensor, ...],
+        step: int,
+        training: bool,
+    ) -> list[torch.Tensor]:
+        """``θ - α ∇L`` for every adapted tensor (Eq. 1; Meta-SGD's ``α ∘ ∇L`` when learned)."""
         if self.inner_lrs is None:
-            return self.inner_lr if training else self.eval_inner_lr
-        lr = self.inner_lrs[index]
-        if self.per_step_lr:
-            lr = lr[min(step, lr.shape[0] - 1)]
-        return lr if training else lr.detach()
+            lr = self.inner_lr if training else self.eval_inner_lr
+            return list(torch._foreach_add(tensors, grads, alpha=-lr))
+        updated = []
+        for p, g, lr in zip(tensors, grads, self.inner_lrs):
+            if self.per_step_lr:
+                lr = lr[min(step, lr.shape[0] - 1)]
+            updated.append(p - (lr if training else lr.detach()) * g)
+        return updated
 
 
 def _adapted_parameter_names(model: nn.Module, head: str | None, anil: bool) -> list[str]:

@@ -34,8 +34,10 @@ def main() -> None:
     record = train_run(config, args.out, resume=args.resume, progress=args.progress)
     paper = config.reference.values
     rows = []
-    print(f"MAML sinusoid regression, {config.train.steps} meta-iterations "
-          f"({record['train_seconds']:.0f} s of training this session)")
+    print(
+        f"MAML sinusoid regression, {config.train.steps} meta-iterations "
+        f"({record['train_seconds']:.0f} s of training this session)"
+    )
     print("protocol: " + ", ".join(f"{k}={v}" for k, v in record["protocol"].items()))
     print(f"| metric | paper | fastadapt (mean ± 95% CI, n={config.eval.tasks}) |")
     print("|---|---:|---:|")

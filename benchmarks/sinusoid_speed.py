@@ -4,37 +4,44 @@ Workload (identical for every implementation): an MLP 1-40-40-1 with ReLU (``nn.
 layers, the same initial weights everywhere), sinusoid regression tasks (amplitude U[0.1, 5],
 phase U[0, pi], x U[-5, 5]) with K=10 support and 10 query points, a meta-batch of 25 tasks,
 one inner SGD step (lr 0.01) on the MSE, the second-order meta-gradient (``create_graph=True``)
-and an outer Adam step (lr 1e-3), in float32. One meta-iteration is the inner loop for all 25
-tasks, the query loss, ``backward()`` and ``optimizer.step()``. The task data are generated once
-(same seed, same tensors ``[25, 10, 1]`` for everyone), so the timing is the meta-update
-itself; the ``fastadapt+sampling`` row also samples a fresh task batch inside each iteration.
+and an outer Adam step (lr 1e-3; fused for fastadapt, as its trainer uses it), in float32. One
+meta-iteration is the inner loop for all 25 tasks, the query loss, ``backward()`` and
+``optimizer.step()``. The task data are generated once (same seed, same tensors ``[25, 10, 1]``
+for everyone), so the timing is the meta-update itself; the ``fastadapt+sampling`` row also
+samples a fresh task batch inside each iteration. Implementations:
 
-Each implementation runs in a fresh subprocess: 20 warm-up iterations, then 100 iterations
-timed one by one with ``time.perf_counter``; the table reports the median and the 10th/90th
-percentiles in milliseconds. Implementations:
-
-- ``fastadapt``, ``fastadapt+sampling``: this project (``fastadapt.algorithms.maml.MAML``).
+- ``fastadapt``, ``fastadapt+sampling``: this project (``fastadapt.MAML``).
 - ``torch.func``: a straightforward baseline, ``vmap`` over tasks of ``grad`` + ``functional_call``.
 - ``torchmeta``, ``learn2learn``, ``higher``, ``torchopt``: peer libraries, a loop over tasks
   written the way each library documents MAML.
 
+Measurement, in interleaved rounds: every implementation runs in its own long-lived worker
+subprocess that builds its model, runs ``--warmup`` iterations and then waits on stdin; ``run N``
+times N iterations one by one with ``time.perf_counter`` and answers the times as one JSON line.
+The orchestrator runs ``--rounds`` rounds; in each it visits the workers in a fresh random order
+(``--seed``), asks each for ``--iters-per-round`` iterations and waits for the answer before
+asking the next, so only one worker computes at any moment. Why: the machine is shared and its
+speed drifts by tens of percent over minutes; timed one after the other, a drift lands on some
+rows and not others, whereas interleaved rounds spread it over every row. The table gives the
+median and 10th/90th percentiles (ms) of each row's timed iterations, and fastadapt's speed-up
+over the row: the median over rounds of (row's round median / fastadapt's round median), each
+ratio taken from timings seconds apart, with its range over the rounds.
+
 fastadapt and torch.func run with the interpreter that launches this script (the project's
-venv); the peers run with the interpreter given by ``--peers-python``, the venv built by
-``shared/peers/setup_venv.sh`` (see ``shared/peers/README.md``). A peer that fails to import is
-reported as "not importable" rather than stopping the benchmark.
+venv, with ``src/`` on ``PYTHONPATH``); the peers run with the interpreter given by
+``--peers-python``, the venv built by ``shared/peers/setup_venv.sh`` (see
+``shared/peers/README.md``). A peer that fails to import is reported as "not importable" rather
+than stopping the benchmark; a worker that fails later is reported as "failed".
 
 Run from the project root with the project's venv:
 
-    python benchmarks/sinusoid_speed.py [--threads 2] [--peers-python PATH]
-    python benchmarks/sinusoid_speed.py --impl torchmeta    # one implementation, JSON on stdout
+    python benchmarks/sinusoid_speed.py [--rounds 15] [--iters-per-round 10] [--seed 0]
+    python benchmarks/sinusoid_speed.py --impl torchmeta    # one implementation in-process,
+                                                            # JSON on stdout (debugging)
 
-(``--impl fastadapt`` needs the package importable: installed, or ``PYTHONPATH=src``; the
-orchestrator sets that for its subprocesses.) The machine is shared: each row records
-``other_load``, the CPU cores other processes kept busy while it was timed, and the table flags
-rows where that exceeds 0.1 core.
-
-The table is printed and the results (with machine information) are written to
-``benchmarks/results/sinusoid_speed.json``.
+(``--impl fastadapt`` needs the package importable: installed, or ``PYTHONPATH=src``.) The
+table is printed and the results (with machine information and every round's times) are
+written to ``--out``, by default ``benchmarks/results/sinusoid_speed.json``.
 """
 
 from __future__ import annotations
@@ -48,9 +55,12 @@ import json
 import math
 import os
 import platform
+import random
+import select
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -72,7 +82,6 @@ SEED = 0
 PEERS = ("torchmeta", "learn2learn", "higher", "torchopt")
 BASELINE = "torch.func"
 OURS = "fastadapt"
-_BUSY_CORES = 0.1  # rows timed while other processes used more CPU than this are flagged
 
 _Step = Callable[[], torch.Tensor]
 """One meta-iteration; returns the (detached) meta-loss."""
@@ -134,6 +143,7 @@ def _plain_mlp(load_initial: bool = True) -> nn.Sequential:
 
 
 def _adam(params: Any) -> torch.optim.Optimizer:
+    """The peers' outer optimizer: plain Adam, as their documentation uses."""
     return torch.optim.Adam(params, lr=OUTER_LR)
 
 
@@ -157,15 +167,12 @@ def _import_fastadapt(_shims_dir: str) -> str:
 
 
 def _build_fastadapt(data: _TaskData, *, sampling: bool) -> tuple[_Step, str]:
-    from fastadapt.algorithms.maml import MAML
-    from fastadapt.nn.mlp import MLP
-    from fastadapt.tasks.sinusoid import SinusoidTasks
-    from fastadapt.tasks.task import TaskBatch
+    from fastadapt import MAML, MLP, SinusoidTasks, TaskBatch
 
     model = MLP(1, [HIDDEN, HIDDEN], 1)
     model.load_state_dict(_initial_weights())
     learner = MAML(model, problem="regression", inner_steps=1, inner_lr=INNER_LR)
-    optimizer = _adam(learner.parameters())
+    optimizer = torch.optim.Adam(learner.parameters(), lr=OUTER_LR, fused=True)  # as the trainer
     fixed_batch = TaskBatch(*data.tensors)
     tasks = SinusoidTasks(shots=SHOTS, queries=QUERIES, seed=SEED)
     iteration = 0
@@ -182,7 +189,7 @@ def _build_fastadapt(data: _TaskData, *, sampling: bool) -> tuple[_Step, str]:
         optimizer.step()
         return loss.detach()
 
-    return step, f"batch_mode={learner.batch_mode}"
+    return step, f"batch_mode={learner.batch_mode}, fused Adam"
 
 
 def _import_torch(_shims_dir: str) -> str:
@@ -394,20 +401,12 @@ _IMPLS: dict[str, _Impl] = {
 
 
 # ---------------------------------------------------------------------------------------------
-# One implementation, in this process
+# One implementation, in this process: a worker (driven over stdin) or ``--impl`` (debugging)
 # ---------------------------------------------------------------------------------------------
 
 
-def _percentile(sorted_values: Sequence[float], q: float) -> float:
-    """Linear-interpolation percentile (``numpy.percentile``'s default) of sorted values."""
-    position = q / 100 * (len(sorted_values) - 1)
-    low = math.floor(position)
-    high = min(low + 1, len(sorted_values) - 1)
-    return sorted_values[low] + (sorted_values[high] - sorted_values[low]) * (position - low)
-
-
-def _run_one(name: str, threads: int, warmup: int, iters: int, shims_dir: str) -> dict[str, Any]:
-    """Import, build and time one implementation; never raises (failures become the row)."""
+def _prepare(name: str, threads: int, warmup: int, shims_dir: str) -> tuple[_Step | None, dict]:
+    """Import, build and warm up one implementation: its step (None on failure) and its row."""
     torch.set_num_threads(threads)
     torch.set_default_dtype(torch.float32)
     impl = _IMPLS[name]
@@ -421,58 +420,60 @@ def _run_one(name: str, threads: int, warmup: int, iters: int, shims_dir: str) -
     try:
         row["version"] = impl.import_library(shims_dir)
     except Exception as exc:
-        return {**row, "status": "not importable", "error": _first_line(exc)}
+        return None, {**row, "status": "not importable", "error": _first_line(exc)}
     try:
-        step, note = impl.build(_make_tasks())
-        first_loss = step().item()
+        step, row["note"] = impl.build(_make_tasks())
+        row["first_loss"] = step().item()
         for _ in range(warmup - 1):
             step()
-        gc.collect()
-        times = []
-        before = _cpu_snapshot()
-        for _ in range(iters):
-            start = time.perf_counter()
-            loss = step()
-            times.append(time.perf_counter() - start)
-        other_load = _other_load(before, _cpu_snapshot())
     except Exception as exc:
-        return {**row, "status": "failed", "error": _first_line(exc)}
-    ms = sorted(1e3 * t for t in times)
-    final_loss = loss.item()
-    return {
-        **row,
-        "status": "ok",
-        "note": note,
-        "warmup": warmup,
-        "iterations": iters,
-        "median_ms": statistics.median(ms),
-        "p10_ms": _percentile(ms, 10),
-        "p90_ms": _percentile(ms, 90),
-        "first_loss": first_loss,
-        "final_loss": final_loss,
-        "final_loss_finite": math.isfinite(final_loss),
-        "other_load": other_load,
-    }
+        return None, {**row, "status": "failed", "error": _first_line(exc)}
+    gc.collect()
+    return step, {**row, "status": "ok", "warmup": warmup}
 
 
-def _cpu_snapshot() -> tuple[float, float, float] | None:
-    """Wall time, CPU seconds used by the whole machine, and by this process (Linux only)."""
-    try:
-        ticks = [int(v) for v in Path("/proc/stat").read_text().split(maxsplit=9)[1:9]]
-    except (OSError, ValueError):
-        return None
-    busy = (sum(ticks) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")  # minus idle, iowait
-    return time.perf_counter(), busy, time.process_time()
+def _time(step: _Step, iters: int) -> tuple[list[float], torch.Tensor]:
+    """Seconds taken by each of ``iters`` meta-iterations, and the last meta-loss."""
+    times = []
+    for _ in range(iters):
+        start = time.perf_counter()
+        loss = step()
+        times.append(time.perf_counter() - start)
+    return times, loss
 
 
-def _other_load(
-    before: tuple[float, float, float] | None, after: tuple[float, float, float] | None
-) -> float | None:
-    """CPU cores kept busy by other processes between two snapshots: they inflate timings."""
-    if before is None or after is None:
-        return None
-    machine, own = after[1] - before[1], after[2] - before[2]
-    return round(max(0.0, machine - own) / (after[0] - before[0]), 3)
+def _serve(args: argparse.Namespace) -> None:
+    """Worker: answer the row once warmed up, then ``run N`` with N times and ``quit`` with the
+    final loss; one JSON line each on stdout (anything the libraries print goes to stderr)."""
+    protocol = sys.stdout
+    with contextlib.redirect_stdout(sys.stderr):
+        step, row = _prepare(args.worker, args.threads, args.warmup, args.shims_dir)
+        print(json.dumps(row), file=protocol, flush=True)
+        loss = torch.tensor(math.nan)
+        for line in sys.stdin if step is not None else ():
+            if line.strip() == "quit":
+                print(json.dumps({"final_loss": loss.item()}), file=protocol, flush=True)
+                return
+            times, loss = _time(step, int(line.split()[1]))
+            print(json.dumps(times), file=protocol, flush=True)
+
+
+def _run_in_process(args: argparse.Namespace) -> dict[str, Any]:
+    """``--impl``: the same measurement as one round, without subprocesses (debugging)."""
+    step, row = _prepare(args.impl, args.threads, args.warmup, args.shims_dir)
+    if step is not None:
+        times, loss = _time(step, args.rounds * args.iters_per_round)
+        row["final_loss"] = loss.item()
+        _summarise({args.impl: row}, {args.impl: [[1e3 * t for t in times]]})
+    return row
+
+
+def _percentile(sorted_values: Sequence[float], q: float) -> float:
+    """Linear-interpolation percentile (``numpy.percentile``'s default) of sorted values."""
+    position = q / 100 * (len(sorted_values) - 1)
+    low = math.floor(position)
+    high = min(low + 1, len(sorted_values) - 1)
+    return sorted_values[low] + (sorted_values[high] - sorted_values[low]) * (position - low)
 
 
 def _first_line(exc: BaseException) -> str:
@@ -481,73 +482,131 @@ def _first_line(exc: BaseException) -> str:
 
 
 # ---------------------------------------------------------------------------------------------
-# Orchestrator: every implementation in its own subprocess
+# Orchestrator: one worker subprocess per implementation, driven in interleaved rounds
 # ---------------------------------------------------------------------------------------------
 
 
-def _run_subprocess(name: str, python: str, args: argparse.Namespace) -> dict[str, Any]:
-    if not Path(python).exists():
-        error = f"interpreter not found: {python}"
-        return {"impl": name, "python": python, "status": "not importable", "error": error}
-    env = dict(os.environ)
-    src = str(PROJECT_ROOT / "src")
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (src, env.get("PYTHONPATH")) if p)
-    command = [python, __file__, "--impl", name, "--threads", str(args.threads)]
-    command += ["--warmup", str(args.warmup), "--iters", str(args.iters)]
-    command += ["--shims-dir", args.shims_dir]
-    try:
-        done = subprocess.run(
-            command, capture_output=True, text=True, env=env, timeout=args.timeout, check=False
+class _WorkerError(RuntimeError):
+    """The worker exited, hung or answered something that is not a JSON line."""
+
+
+class _Worker:
+    """One implementation's worker subprocess, asked one command at a time."""
+
+    def __init__(self, name: str, python: str, args: argparse.Namespace) -> None:
+        env = dict(os.environ)
+        src = str(PROJECT_ROOT / "src")
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (src, env.get("PYTHONPATH")) if p)
+        command = [python, __file__, "--worker", name, "--threads", str(args.threads)]
+        command += ["--warmup", str(args.warmup), "--shims-dir", args.shims_dir]
+        self.timeout = args.timeout
+        self.stderr = tempfile.TemporaryFile("w+")  # noqa: SIM115 (a file: never blocks)
+        pipe = subprocess.PIPE
+        self.process = subprocess.Popen(
+            command, stdin=pipe, stdout=pipe, stderr=self.stderr, text=True, env=env
         )
-    except subprocess.TimeoutExpired:
-        error = f"timed out after {args.timeout} s"
-        return {"impl": name, "python": python, "status": "failed", "error": error}
-    lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
-    if done.returncode == 0 and lines:
-        return json.loads(lines[-1])
-    stderr = [line for line in done.stderr.strip().splitlines() if line.strip()]
-    error = stderr[-1] if stderr else f"exit status {done.returncode}"
-    return {"impl": name, "python": python, "status": "failed", "error": error}
+
+    def ask(self, command: str | None) -> Any:
+        """Send ``command`` (None: only read) and return the decoded one-line answer."""
+        if command is not None:
+            with contextlib.suppress(OSError):  # the worker has exited: reported below
+                print(command, file=self.process.stdin, flush=True)
+        ready, _, _ = select.select([self.process.stdout], [], [], self.timeout)
+        line = self.process.stdout.readline() if ready else ""
+        if line.startswith(("{", "[")):
+            return json.loads(line)
+        self.close()
+        if not ready:
+            raise _WorkerError(f"no answer within {self.timeout:g} s")
+        self.stderr.seek(0)
+        stderr = [line for line in self.stderr.read().splitlines() if line.strip()]
+        raise _WorkerError(stderr[-1] if stderr else f"exit status {self.process.returncode}")
+
+    def close(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+        self.process.wait()
+        self.stderr.close()
 
 
-def _machine_info(threads: int) -> dict[str, Any]:
-    cpu = platform.processor()
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    return {
-        "platform": platform.platform(),
-        "cpu": cpu,
-        "cpu_count": os.cpu_count(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "threads": threads,
-        "date": dt.datetime.now().astimezone().isoformat(timespec="seconds"),
-        "load_average_at_start": _load_average(),
-    }
+def _start_workers(args: argparse.Namespace) -> tuple[dict[str, dict], dict[str, _Worker]]:
+    """Start the workers one after the other (warm-ups never overlap): every row, and the
+    workers that are ready."""
+    rows: dict[str, dict[str, Any]] = {}
+    workers: dict[str, _Worker] = {}
+    for name, impl in _IMPLS.items():
+        python = args.peers_python if impl.peer else sys.executable
+        print(f"starting {name} ...", end=" ", file=sys.stderr, flush=True)
+        row: dict[str, Any] = {"impl": name, "python": python}
+        if not Path(python).exists():
+            row.update(status="not importable", error=f"interpreter not found: {python}")
+        else:
+            worker = _Worker(name, python, args)
+            try:
+                row = worker.ask(None)
+            except _WorkerError as exc:
+                row.update(status="failed", error=str(exc))
+            if row["status"] == "ok":
+                workers[name] = worker
+            else:
+                worker.close()
+        print(row["status"], file=sys.stderr, flush=True)
+        rows[name] = row
+    return rows, workers
 
 
-def _load_average() -> list[float] | None:
-    """1, 5 and 15 minute load averages: other work on the machine inflates the timings."""
-    return [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None
+def _run_rounds(
+    args: argparse.Namespace, rows: dict[str, dict], workers: dict[str, _Worker]
+) -> tuple[dict[str, list[list[float]]], list[list[str]]]:
+    """Each worker's times in ms, one list per round, and the order of each round; workers that
+    fail are marked in their row, closed and dropped."""
+    rng = random.Random(args.seed)
+    times: dict[str, list[list[float]]] = {name: [] for name in workers}
+    orders = []
+    for round_index in range(args.rounds):
+        order = sorted(workers)
+        rng.shuffle(order)
+        orders.append(order)
+        for name in order:
+            try:
+                answer = workers[name].ask(f"run {args.iters_per_round}")
+            except _WorkerError as exc:
+                rows[name].update(status="failed", error=str(exc))
+                del workers[name]
+                continue
+            times[name].append([round(1e3 * t, 4) for t in answer])
+        medians = ", ".join(f"{n} {statistics.median(times[n][-1]):.1f}" for n in workers)
+        print(f"round {round_index + 1}/{args.rounds} (ms): {medians}", file=sys.stderr)
+    for name, worker in workers.items():
+        try:
+            rows[name].update(worker.ask("quit"))
+        except _WorkerError as exc:
+            rows[name].update(status="failed", error=str(exc))
+        worker.close()
+    return times, orders
 
 
-def _speedups(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """fastadapt's speed-up against every row, and the fastest peer library."""
-    ok = {row["impl"]: row for row in rows if row["status"] == "ok"}
-    ours = ok.get(OURS)
-    for row in rows:
-        timed = ours is not None and row["impl"] in ok
-        row["speedup_of_fastadapt"] = row["median_ms"] / ours["median_ms"] if timed else None
+def _summarise(rows: dict[str, dict], times: dict[str, list[list[float]]]) -> dict[str, Any]:
+    """Add each row's statistics and fastadapt's per-round speed-up over it; the headline."""
+    ok = {name: row for name, row in rows.items() if row["status"] == "ok"}
+    ours = [statistics.median(r) for r in times[OURS]] if OURS in ok else None
+    for name, row in ok.items():
+        ms = sorted(t for round_ms in times[name] for t in round_ms)
+        row.update(iterations=len(ms), median_ms=statistics.median(ms))
+        row.update(p10_ms=_percentile(ms, 10), p90_ms=_percentile(ms, 90))
+        if ours is not None:
+            ratios = [statistics.median(r) / o for r, o in zip(times[name], ours, strict=True)]
+            row["speedup_of_fastadapt"] = statistics.median(ratios)
+            row["speedup_range"] = [min(ratios), max(ratios)]
+            row["round_speedups"] = [round(r, 4) for r in ratios]
+        row["round_ms"] = times[name]
     peers = [ok[name] for name in PEERS if name in ok]
     fastest = min(peers, key=lambda row: row["median_ms"]) if peers else None
     baseline = ok.get(BASELINE)
     return {
         "fastest_peer": fastest["impl"] if fastest else None,
-        "speedup_vs_fastest_peer": fastest["speedup_of_fastadapt"] if fastest else None,
-        "speedup_vs_torch_func": baseline["speedup_of_fastadapt"] if baseline else None,
+        "speedup_vs_fastest_peer": fastest.get("speedup_of_fastadapt") if fastest else None,
+        "speedup_vs_torch_func": baseline.get("speedup_of_fastadapt") if baseline else None,
     }
 
 
@@ -555,33 +614,27 @@ def _ratio_phrase(ratio: float) -> str:
     return f"{ratio:.1f}x faster than" if ratio >= 1 else f"{1 / ratio:.1f}x slower than"
 
 
-def _table(rows: list[dict[str, Any]], summary: dict[str, Any]) -> str:
+def _table(rows: list[dict[str, Any]], summary: dict[str, Any], rounds: int) -> str:
     lines = [
-        "| implementation | library version | median ms | p10 ms | p90 ms | fastadapt speed-up |",
-        "|---|---|---:|---:|---:|---:|",
+        "| implementation | library version | median ms | p10 ms | p90 ms "
+        f"| fastadapt speed-up | range over {rounds} rounds |",
+        "|---|---|---:|---:|---:|---:|---:|",
     ]
-    busy = False
     for row in rows:
         if row["status"] != "ok":
             reason = f"{row['status']}: {row['error']}".replace("|", "\\|")
-            lines.append(f"| {row['impl']} | {row.get('version', '-')} | {reason} | | | |")
+            lines.append(f"| {row['impl']} | {row.get('version', '-')} | {reason} | | | | |")
             continue
-        speedup = row["speedup_of_fastadapt"]
-        flag = "" if row["final_loss_finite"] else " (non-finite loss!)"
-        if (row.get("other_load") or 0.0) > _BUSY_CORES:
-            flag += " (*)"
-            busy = True
+        flag = "" if math.isfinite(row["final_loss"]) else " (non-finite loss!)"
+        speedup, spread = "-", "-"
+        if "speedup_of_fastadapt" in row:
+            speedup = f"{row['speedup_of_fastadapt']:.2f}x"
+            spread = "{:.2f}-{:.2f}x".format(*row["speedup_range"])
         lines.append(
             f"| {row['impl']}{flag} | {row['version']} | {row['median_ms']:.2f} "
-            f"| {row['p10_ms']:.2f} | {row['p90_ms']:.2f} "
-            f"| {'-' if speedup is None else f'{speedup:.1f}x'} |"
+            f"| {row['p10_ms']:.2f} | {row['p90_ms']:.2f} | {speedup} | {spread} |"
         )
     lines.append("")
-    if busy:
-        lines.append(
-            f"(*) other processes kept more than {_BUSY_CORES} core busy during this row's "
-            "timing (see other_load in the JSON); its times are inflated."
-        )
     fastest, ratio = summary["fastest_peer"], summary["speedup_vs_fastest_peer"]
     if ratio is not None:
         lines.append(f"fastadapt is {_ratio_phrase(ratio)} the fastest peer ({fastest})")
@@ -611,6 +664,30 @@ def _agreement(rows: list[dict[str, Any]]) -> str:
     )
 
 
+def _machine_info(threads: int) -> dict[str, Any]:
+    cpu = platform.processor()
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    return {
+        "platform": platform.platform(),
+        "cpu": cpu,
+        "cpu_count": os.cpu_count(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "threads": threads,
+        "date": dt.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "load_average_at_start": _load_average(),
+    }
+
+
+def _load_average() -> list[float] | None:
+    """1, 5 and 15 minute load averages: other work on the machine inflates the timings."""
+    return [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None
+
+
 def _write_json_atomically(path: Path, payload: dict[str, Any]) -> None:
     """Write to a temporary file beside ``path``, then rename it over ``path``."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -624,17 +701,15 @@ def _write_json_atomically(path: Path, payload: dict[str, Any]) -> None:
 
 def _orchestrate(args: argparse.Namespace) -> None:
     machine = _machine_info(args.threads)
-    rows = []
-    for name, impl in _IMPLS.items():
-        python = args.peers_python if impl.peer else sys.executable
-        print(f"running {name} ...", end=" ", file=sys.stderr, flush=True)
-        row = _run_subprocess(name, python, args)
-        done = f"{row['median_ms']:.2f} ms" if row["status"] == "ok" else row["status"]
-        print(done, file=sys.stderr, flush=True)
-        rows.append(row)
+    rows, workers = _start_workers(args)
+    try:
+        times, orders = _run_rounds(args, rows, workers)
+    finally:
+        for worker in workers.values():
+            worker.close()
     machine["load_average_at_end"] = _load_average()
-    summary = _speedups(rows)
-    print(_table(rows, summary))
+    summary = _summarise(rows, times)
+    print(_table(list(rows.values()), summary, args.rounds))
     workload = {
         "model": "MLP 1-40-40-1, ReLU",
         "tasks_per_batch": TASKS,
@@ -642,49 +717,60 @@ def _orchestrate(args: argparse.Namespace) -> None:
         "query": QUERIES,
         "inner_steps": 1,
         "inner_lr": INNER_LR,
-        "outer_optimizer": f"Adam lr={OUTER_LR}",
+        "outer_optimizer": f"Adam lr={OUTER_LR} (fused for fastadapt)",
         "meta_gradient": "second order",
         "dtype": "float32",
-        "warmup": args.warmup,
-        "iterations": args.iters,
     }
-    payload = {"machine": machine, "workload": workload, "summary": summary, "rows": rows}
-    _write_json_atomically(RESULTS_PATH, payload)
-    print(f"\nwrote {RESULTS_PATH.relative_to(PROJECT_ROOT)}", file=sys.stderr)
+    measurement = {
+        "warmup": args.warmup,
+        "rounds": args.rounds,
+        "iters_per_round": args.iters_per_round,
+        "seed": args.seed,
+        "orders": orders,
+        "speedup": "median over rounds of (row's round median / fastadapt's round median)",
+    }
+    payload = {
+        "machine": machine,
+        "workload": workload,
+        "measurement": measurement,
+        "summary": summary,
+        "rows": list(rows.values()),
+    }
+    _write_json_atomically(args.out, payload)
+    print(f"\nwrote {args.out}", file=sys.stderr)
 
 
 def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads (default 2)")
-    parser.add_argument(
-        "--peers-python",
-        default=DEFAULT_PEERS_PYTHON,
-        help=f"interpreter of the peers' venv (default {DEFAULT_PEERS_PYTHON})",
-    )
-    parser.add_argument("--impl", choices=list(_IMPLS), help="run only this one, in-process")
-    parser.add_argument("--warmup", type=int, default=20, help="warm-up iterations (default 20)")
-    parser.add_argument("--iters", type=int, default=100, help="timed iterations (default 100)")
-    parser.add_argument(
-        "--shims-dir", default=DEFAULT_SHIMS_DIR, help="folder of the peers' import shims"
-    )
-    parser.add_argument(
-        "--timeout", type=float, default=900, help="seconds allowed per implementation"
-    )
+    add = parser.add_argument
+    add("--threads", type=int, default=2, help="torch.set_num_threads (default 2)")
+    add("--peers-python", default=DEFAULT_PEERS_PYTHON, help="interpreter of the peers' venv")
+    add("--impl", choices=list(_IMPLS), help="run only this one, in-process (debugging)")
+    add("--worker", choices=list(_IMPLS), help=argparse.SUPPRESS)
+    add("--warmup", type=int, default=20, help="warm-up iterations per worker (default 20)")
+    add("--rounds", type=int, default=15, help="interleaved rounds (default 15)")
+    add("--iters-per-round", type=int, default=10, help="timed iterations per round (default 10)")
+    add("--seed", type=int, default=0, help="seed of the visiting order of each round")
+    add("--shims-dir", default=DEFAULT_SHIMS_DIR, help="folder of the peers' import shims")
+    add("--timeout", type=float, default=600, help="seconds allowed per worker answer")
+    add("--out", type=Path, default=RESULTS_PATH, help="results JSON (default %(default)s)")
     args = parser.parse_args(argv)
-    if args.threads < 1 or args.warmup < 1 or args.iters < 1:
-        parser.error("--threads, --warmup and --iters must be positive")
+    if min(args.threads, args.warmup, args.rounds, args.iters_per_round) < 1:
+        parser.error("--threads, --warmup, --rounds and --iters-per-round must be positive")
     return args
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = _parse_args(argv)
-    if args.impl is None:
+    if args.worker is not None:
+        _serve(args)
+    elif args.impl is not None:
+        stdout = sys.stdout
+        with contextlib.redirect_stdout(sys.stderr):  # keep stdout for the JSON row only
+            row = _run_in_process(args)
+        stdout.write(json.dumps(row) + "\n")
+    else:
         _orchestrate(args)
-        return
-    stdout = sys.stdout
-    with contextlib.redirect_stdout(sys.stderr):  # keep stdout for the JSON row only
-        row = _run_one(args.impl, args.threads, args.warmup, args.iters, args.shims_dir)
-    stdout.write(json.dumps(row) + "\n")
 
 
 if __name__ == "__main__":

@@ -32,6 +32,13 @@ def test_train_then_eval_end_to_end(tmp_path, capsys):
     assert [e["protocol"]["tasks"] for e in evaluations] == [10, 7]
 
 
+def test_progress_bar_shows_loss_and_validation(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", "sinusoid-maml", *_sets(*TINY), "--out", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert "meta-train" in err and "loss=" in err and "val_mse=" in err
+
+
 def test_errors_exit_non_zero_with_a_hint(tmp_path, capsys):
     assert main(["train", "sinusoid-mam", "--out", str(tmp_path / "a")]) == 2
     assert "Did you mean sinusoid-maml" in capsys.readouterr().err

@@ -135,3 +135,26 @@ def test_eval_appends_a_record_with_its_protocol(tmp_path):
     assert len(history) == 2 and history[1] == json.loads(json.dumps(record))
     with pytest.raises(ConfigError, match="only accepts eval"):
         evaluate_run(out, overrides=["train.lr=0.1"])
+
+
+def test_chunked_meta_batch_gives_the_same_step(tmp_path):
+    whole, chunked = tmp_path / "whole", tmp_path / "chunked"
+    train_run(tiny_config("train.steps=1"), whole, progress=False)
+    train_run(tiny_config("train.steps=1", "train.task_chunk=3"), chunked, progress=False)
+    a = load_checkpoint(whole / "checkpoints" / "last.pt").learner
+    b = load_checkpoint(chunked / "checkpoints" / "last.pt").learner
+    assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+
+
+def test_tensorboard_and_learning_curves(tmp_path):
+    pytest.importorskip("tensorboard", reason="the tensorboard extra is not installed")
+    pytest.importorskip("matplotlib", reason="the plots extra is not installed")
+    from fastadapt.engine.plots import plot_learning_curves
+
+    out = tmp_path / "run"
+    train_run(tiny_config("train.tensorboard=true"), out, progress=False)
+    assert any((out / "tensorboard").glob("events.out.tfevents.*"))
+    png = plot_learning_curves(out)
+    assert png == out / "curves.png" and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with pytest.raises(RunDirectoryError, match="no metrics.csv"):
+        plot_learning_curves(tmp_path)

@@ -1,4 +1,4 @@
-"""The ``fastadapt`` command line: ``presets``, ``train``, ``eval``.
+"""The ``fastadapt`` command line: ``presets``, ``train``, ``eval``, ``plot``.
 
 Every error fastadapt raises on purpose is printed as one message on stderr with exit code 2;
 nothing of an earlier run is overwritten.
@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from fastadapt.config import list_presets, load_preset
+from fastadapt.engine.plots import plot_learning_curves
 from fastadapt.engine.run import evaluate_run, train_run
 from fastadapt.errors import FastAdaptError
 
@@ -84,6 +85,15 @@ def _parser() -> argparse.ArgumentParser:
         "--checkpoint", choices=("best", "last"), default="best", help="which checkpoint"
     )
     evaluate.set_defaults(handler=_eval)
+
+    plot = verbs.add_parser(
+        "plot",
+        help="draw a run's learning curves (needs the plots extra)",
+        description="Draw every metric of RUN_DIR/metrics.csv against the meta-iteration.",
+    )
+    plot.add_argument("run_dir", type=Path, metavar="RUN_DIR")
+    plot.add_argument("--out", type=Path, help="PNG file (default: RUN_DIR/curves.png)")
+    plot.set_defaults(handler=_plot)
     return parser
 
 
@@ -112,6 +122,11 @@ def _eval(args: argparse.Namespace) -> int:
         overrides.append(f"eval.tasks={args.tasks}")
     record = evaluate_run(args.run_dir, overrides=overrides, checkpoint=args.checkpoint)
     _print_record(record)
+    return 0
+
+
+def _plot(args: argparse.Namespace) -> int:
+    print(plot_learning_curves(args.run_dir, args.out))
     return 0
 
 

@@ -64,6 +64,7 @@ class TrainConfig:
     seed: int = 0
     device: str = "cpu"
     threads: int | None = None
+    tensorboard: bool = False
 
 
 @dataclass

@@ -4,6 +4,7 @@ Layout of a run folder::
 
     config.json            the resolved configuration
     metrics.csv            training and validation metrics per logged step
+    tensorboard/           the same metrics as TensorBoard events (train.tensorboard=true)
     checkpoints/last.pt    the latest state (resume from here)
     checkpoints/best.pt    the state with the best validation score
     results.json           every evaluation of the run, each with its protocol
@@ -27,7 +28,13 @@ from fastadapt.errors import ConfigError, RunDirectoryError
 from fastadapt.io.atomic import atomic_write_text
 
 #: Settings that a resumed run may change without changing what it computes.
-RESUME_NEUTRAL = ("description", "train.steps", "train.log_every", "train.checkpoint_every")
+RESUME_NEUTRAL = (
+    "description",
+    "train.steps",
+    "train.log_every",
+    "train.checkpoint_every",
+    "train.tensorboard",
+)
 RESUME_NEUTRAL_SECTIONS = ("eval.", "reference.")
 
 
@@ -59,6 +66,7 @@ def train_run(
         eval_batch=config.eval.batch,
         checkpoint_every=config.train.checkpoint_every,
         log_every=config.train.log_every,
+        tensorboard=config.train.tensorboard,
     )
     trainer = Trainer(
         learner,

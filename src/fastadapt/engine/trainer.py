@@ -26,7 +26,7 @@ from fastadapt.engine.checkpoint import (
 )
 from fastadapt.engine.evaluate import evaluate
 from fastadapt.engine.metrics_log import MetricsLog
-from fastadapt.errors import NonFiniteLossError
+from fastadapt.errors import ConfigError, NonFiniteLossError
 
 
 @dataclass(frozen=True)
@@ -41,6 +41,7 @@ class TrainSchedule:
     eval_batch: int = 100
     checkpoint_every: int = 1000
     log_every: int = 100
+    tensorboard: bool = False
 
 
 @dataclass
@@ -93,6 +94,7 @@ class Trainer:
             restore_rng_state(resume_from.rng)
             step, best = resume_from.step, dict(resume_from.best)
         log = MetricsLog(self.run_dir / "metrics.csv", resume_step=step if resume_from else None)
+        board = self._tensorboard(step) if self.schedule.tensorboard else None
         started = time.perf_counter()
         bar = tqdm(
             total=self.schedule.steps,
@@ -121,13 +123,28 @@ class Trainer:
                 if row:
                     log.append(step, row)
                     bar.set_postfix(postfix, refresh=False)
+                    if board is not None:
+                        for name, value in row.items():
+                            board.add_scalar(name.replace("_", "/", 1), value, step)
                 if step % self.schedule.checkpoint_every == 0 or step == self.schedule.steps:
                     save_checkpoint(self.last_path, self._checkpoint(step, best))
                     log.flush()
         finally:
             bar.close()
             log.flush()
+            if board is not None:
+                board.close()
         return TrainSummary(step, time.perf_counter() - started, best)
+
+    def _tensorboard(self, start_step: int) -> Any:
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError as error:
+            raise ConfigError(
+                "train.tensorboard=true needs TensorBoard: pip install 'fastadapt[tensorboard]'."
+            ) from error
+        # purge_step drops events a killed run logged after its last checkpoint.
+        return SummaryWriter(str(self.run_dir / "tensorboard"), purge_step=start_step + 1)
 
     def _meta_step(self, step: int) -> dict[str, torch.Tensor]:
         size = self.schedule.meta_batch

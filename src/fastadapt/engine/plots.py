@@ -1,0 +1,62 @@
+"""Learning curves of a run, drawn from its ``metrics.csv`` (needs the ``plots`` extra)."""
+
+from __future__ import annotations
+
+import csv
+import io
+from pathlib import Path
+
+from fastadapt.errors import FastAdaptError, RunDirectoryError
+from fastadapt.io.atomic import atomic_write
+
+
+def plot_learning_curves(run_dir: Path, out: Path | None = None) -> Path:
+    """Draw every metric of ``run_dir/metrics.csv`` against the step; return the PNG's path.
+
+    Training and validation values of the same metric share a panel (``train_mse`` and
+    ``val_mse``); the figure is written atomically to ``out`` (default ``run_dir/curves.png``).
+    """
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError as error:
+        raise FastAdaptError(
+            "plotting needs matplotlib: pip install 'fastadapt[plots]'."
+        ) from error
+    log = run_dir / "metrics.csv"
+    if not log.is_file():
+        raise RunDirectoryError(
+            f"{run_dir} has no metrics.csv; pass the folder of a `fastadapt train` run."
+        )
+    with log.open(newline="", encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    panels: dict[str, dict[str, tuple[list[int], list[float]]]] = {}
+    for row in rows:
+        for column, value in row.items():
+            if column == "step" or not value:
+                continue
+            split, _, metric = column.partition("_")
+            steps, values = panels.setdefault(metric, {}).setdefault(split, ([], []))
+            steps.append(int(row["step"]))
+            values.append(float(value))
+    if not panels:
+        raise RunDirectoryError(f"{log} holds no logged metrics yet; train for longer.")
+    figure, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.5), squeeze=False)
+    for axis, (metric, series) in zip(axes[0], sorted(panels.items())):
+        for split, (steps, values) in sorted(series.items()):
+            axis.plot(steps, values, label=split)
+        axis.set_xlabel("meta-iteration")
+        axis.set_ylabel(metric)
+        axis.set_yscale("log" if metric in ("mse", "loss") else "linear")
+        axis.legend()
+        axis.grid(alpha=0.3)
+    figure.suptitle(run_dir.name)
+    figure.tight_layout()
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=120)
+    plt.close(figure)
+    target = out or run_dir / "curves.png"
+    atomic_write(target, lambda handle: handle.write(buffer.getvalue()))
+    return target

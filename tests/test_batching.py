@@ -123,3 +123,13 @@ def test_vectorised_call_matches_a_loop_for_any_split_of_parameters(adapted, inp
     )
     assert torch.allclose(vectorised, by_hand, atol=1e-6)
     assert torch.allclose(looped, by_hand, atol=1e-6)
+
+
+def test_conv4_shapes_and_auto_mode():
+    from fastadapt.nn.conv4 import Conv4
+
+    assert Conv4(ways=5)(torch.randn(2, 1, 28, 28)).shape == (2, 5)
+    assert Conv4(3, image_size=84).embedding_size == 1600
+    assert resolve_batch_mode(Conv4(ways=5)) == "loop"
+    with pytest.raises(ValueError, match="image_size must be at least 16"):
+        Conv4(image_size=8)

@@ -156,5 +156,5 @@ def test_tensorboard_and_learning_curves(tmp_path):
     assert any((out / "tensorboard").glob("events.out.tfevents.*"))
     png = plot_learning_curves(out)
     assert png == out / "curves.png" and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    with pytest.raises(RunDirectoryError, match="no metrics.csv"):
+    with pytest.raises(RunDirectoryError, match=r"no metrics\.csv"):
         plot_learning_curves(tmp_path)

@@ -10,7 +10,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fastadapt.tasks.counter_rng import uniform
+from fastadapt.tasks.counter_rng import stream_key, uniform
 from fastadapt.tasks.sinusoid import SinusoidTasks
 
 
@@ -49,7 +49,7 @@ def test_splits_and_seeds_give_different_tasks():
 
 
 def test_uniform_is_uniform_enough():
-    u = uniform(7, 0, np.arange(200_000))
+    u = uniform(stream_key(7, 0), np.arange(200_000))
     assert u.min() >= 0 and u.max() < 1
     assert abs(u.mean() - 0.5) < 0.005 and abs(u.var() - 1 / 12) < 0.002
 

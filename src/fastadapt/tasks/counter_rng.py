@@ -24,17 +24,26 @@ def _splitmix64(z: np.ndarray) -> np.ndarray:
     return z ^ (z >> np.uint64(31))
 
 
-def uniform(*coordinates: int | np.ndarray) -> np.ndarray:
+def stream_key(*coordinates: int) -> np.uint64:
+    """Mix fixed leading coordinates (e.g. seed and split) once, to reuse with :func:`uniform`."""
+    state = np.uint64(0)
+    with np.errstate(over="ignore"):
+        for coordinate in coordinates:
+            state = _splitmix64(state ^ np.uint64(np.int64(coordinate).astype(np.uint64)))
+    return state
+
+
+def uniform(key: np.uint64, *coordinates: int | np.ndarray) -> np.ndarray:
     """Uniform float64 numbers in ``[0, 1)``, one per broadcast element of ``coordinates``.
 
-    ``uniform(seed, stream, task_ids[:, None], slot_ids[None, :])`` gives a
-    ``[tasks, slots]`` array whose every entry depends only on its own four coordinates.
+    ``uniform(stream_key(seed, split), task_ids[:, None], slot_ids[None, :])`` gives a
+    ``[tasks, slots]`` array whose every entry depends only on its own coordinates.
     """
     if not coordinates:
-        raise ValueError("uniform() needs at least one coordinate (e.g. a seed).")
+        raise ValueError("uniform() needs at least one coordinate besides the key.")
+    state: np.ndarray | np.uint64 = key
     with np.errstate(over="ignore"):
-        state = np.zeros((), dtype=np.uint64)
         for coordinate in coordinates:
-            value = np.asarray(coordinate).astype(np.int64).astype(np.uint64)
+            value = np.asarray(coordinate, dtype=np.int64).astype(np.uint64)
             state = _splitmix64(state ^ value)
     return (state >> np.uint64(11)).astype(np.float64) * _MANTISSA_SCALE

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from fastadapt.tasks.counter_rng import uniform
+from fastadapt.tasks.counter_rng import stream_key, uniform
 from fastadapt.tasks.task import TaskBatch
 
 STREAMS = {"train": 0, "val": 1, "test": 2}
@@ -52,15 +52,17 @@ class SinusoidTasks:
                 raise ValueError(f"{name} must be (low, high) with low <= high, got {(low, high)}.")
         self.shots, self.queries, self.seed, self.split = shots, queries, seed, split
         self.amplitude, self.phase, self.x_range = amplitude, phase, x_range
+        self._key = stream_key(seed, STREAMS[split])
+        self._slots = np.arange(_FIRST_X_SLOT + shots + queries)[None, :]
 
     def parameters(self, indices: Sequence[int] | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Amplitude and phase of the given tasks (float64 arrays)."""
-        u = self._uniforms(indices, _FIRST_X_SLOT)
+        u = self._uniforms(indices)
         return _scale(u[:, _AMPLITUDE_SLOT], self.amplitude), _scale(u[:, _PHASE_SLOT], self.phase)
 
     def batch(self, indices: Sequence[int] | np.ndarray) -> TaskBatch:
         """The tasks with these indices, stacked: x and y have shape ``[B, n, 1]``."""
-        u = self._uniforms(indices, _FIRST_X_SLOT + self.shots + self.queries)
+        u = self._uniforms(indices)
         amp = _scale(u[:, _AMPLITUDE_SLOT : _AMPLITUDE_SLOT + 1], self.amplitude)
         phase = _scale(u[:, _PHASE_SLOT : _PHASE_SLOT + 1], self.phase)
         x = _scale(u[:, _FIRST_X_SLOT:], self.x_range)
@@ -69,9 +71,8 @@ class SinusoidTasks:
         k = self.shots
         return TaskBatch(xy[0, :, :k], xy[1, :, :k], xy[0, :, k:], xy[1, :, k:])
 
-    def _uniforms(self, indices: Sequence[int] | np.ndarray, slots: int) -> np.ndarray:
-        ids = np.asarray(indices, dtype=np.int64)
-        return uniform(self.seed, STREAMS[self.split], ids[:, None], np.arange(slots)[None, :])
+    def _uniforms(self, indices: Sequence[int] | np.ndarray) -> np.ndarray:
+        return uniform(self._key, np.asarray(indices, dtype=np.int64)[:, None], self._slots)
 
 
 def _scale(u: np.ndarray, bounds: tuple[float, float]) -> np.ndarray:

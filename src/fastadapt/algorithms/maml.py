@@ -51,7 +51,8 @@ class MAML(MetaLearner):
         anil: adapt only the parameters of ``head`` (default: the model's last child that has
             parameters).
         meta_sgd: learn one inner learning rate per parameter element, initialised to α.
-        per_step_lr: learn one inner learning rate per parameter tensor and inner step.
+        per_step_lr: learn one inner learning rate per parameter tensor and inner step;
+            evaluation steps beyond ``inner_steps`` reuse the last step's rates.
         batch_mode: ``"vmap"``, ``"loop"`` or ``"auto"`` (see :mod:`fastadapt.nn.batching`).
     """
 

@@ -15,17 +15,15 @@ samples a fresh task batch inside each iteration. Implementations:
 - ``torchmeta``, ``learn2learn``, ``higher``, ``torchopt``: peer libraries, a loop over tasks
   written the way each library documents MAML.
 
-Measurement, in interleaved rounds: every implementation runs in its own long-lived worker
-subprocess that builds its model, runs ``--warmup`` iterations and then waits on stdin; ``run N``
-times N iterations one by one with ``time.perf_counter`` and answers the times as one JSON line.
-The orchestrator runs ``--rounds`` rounds; in each it visits the workers in a fresh random order
-(``--seed``), asks each for ``--iters-per-round`` iterations and waits for the answer before
-asking the next, so only one worker computes at any moment. Why: the machine is shared and its
-speed drifts by tens of percent over minutes; timed one after the other, a drift lands on some
-rows and not others, whereas interleaved rounds spread it over every row. The table gives the
-median and 10th/90th percentiles (ms) of each row's timed iterations, and fastadapt's speed-up
-over the row: the median over rounds of (row's round median / fastadapt's round median), each
-ratio taken from timings seconds apart, with its range over the rounds.
+Measurement, in interleaved rounds: each implementation runs in a long-lived worker subprocess
+that builds its model, runs ``--warmup`` iterations, then waits on stdin; ``run N`` times N
+iterations one by one (``time.perf_counter``) and answers the times as one JSON line. In each of
+``--rounds`` rounds the orchestrator visits the workers in a fresh random order (``--seed``) and
+asks each for ``--iters-per-round`` iterations, one worker at a time. The machine is shared and
+its speed drifts by tens of percent over minutes: timed one after the other, a drift lands on
+some rows only; interleaved, it spreads over all of them. The table gives each row's median and
+10th/90th percentiles (ms) over all its timed iterations, and fastadapt's speed-up over it: the
+median over rounds of (row's round median / fastadapt's round median), with its range.
 
 fastadapt and torch.func run with the interpreter that launches this script (the project's
 venv, with ``src/`` on ``PYTHONPATH``); the peers run with the interpreter given by
@@ -35,13 +33,13 @@ than stopping the benchmark; a worker that fails later is reported as "failed".
 
 Run from the project root with the project's venv:
 
-    python benchmarks/sinusoid_speed.py [--rounds 15] [--iters-per-round 10] [--seed 0]
-    python benchmarks/sinusoid_speed.py --impl torchmeta    # one implementation in-process,
-                                                            # JSON on stdout (debugging)
+    python benchmarks/sinusoid_speed.py [--rounds 30] [--iters-per-round 10] [--seed 0]
+    PYTHONPATH=src python benchmarks/sinusoid_speed.py --impl fastadapt  # debugging: one
+    ../peers-venv/bin/python benchmarks/sinusoid_speed.py --impl higher  # in-process, JSON row
 
-(``--impl fastadapt`` needs the package importable: installed, or ``PYTHONPATH=src``.) The
-table is printed and the results (with machine information and every round's times) are
-written to ``--out``, by default ``benchmarks/results/sinusoid_speed.json``.
+The table is printed and the results (machine information, each row's statistics, round
+medians and per-round speed-ups) are written to ``--out`` (default
+``benchmarks/results/sinusoid_speed.json``).
 """
 
 from __future__ import annotations
@@ -65,7 +63,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import torch
 from torch import nn
@@ -147,23 +145,9 @@ def _adam(params: Any) -> torch.optim.Optimizer:
     return torch.optim.Adam(params, lr=OUTER_LR)
 
 
-def _dist_version(dist: str, module: Any = None) -> str:
-    try:
-        return importlib.metadata.version(dist)
-    except importlib.metadata.PackageNotFoundError:
-        return str(getattr(module, "__version__", "unknown"))
-
-
 # ---------------------------------------------------------------------------------------------
-# Implementations: each has an import function (returns the library version; any exception means
-# "not importable") and a build function (returns the meta-iteration and an optional note).
+# Implementations: each builds its meta-iteration from the shared task data.
 # ---------------------------------------------------------------------------------------------
-
-
-def _import_fastadapt(_shims_dir: str) -> str:
-    import fastadapt
-
-    return _dist_version("fastadapt", fastadapt)
 
 
 def _build_fastadapt(data: _TaskData, *, sampling: bool) -> tuple[_Step, str]:
@@ -190,12 +174,6 @@ def _build_fastadapt(data: _TaskData, *, sampling: bool) -> tuple[_Step, str]:
         return loss.detach()
 
     return step, f"batch_mode={learner.batch_mode}, fused Adam"
-
-
-def _import_torch(_shims_dir: str) -> str:
-    import torch.func
-
-    return torch.__version__
 
 
 def _build_torch_func(data: _TaskData) -> tuple[_Step, str]:
@@ -232,13 +210,6 @@ def _build_torch_func(data: _TaskData) -> tuple[_Step, str]:
     return step, "vmap(grad)"
 
 
-def _import_torchmeta(shims_dir: str) -> str:
-    _prepare_shims(shims_dir, "torchmeta")
-    import torchmeta
-
-    return _dist_version("torchmeta", torchmeta)
-
-
 def _build_torchmeta(data: _TaskData) -> tuple[_Step, str]:
     from torchmeta.modules import MetaLinear, MetaSequential
     from torchmeta.utils.gradient_based import gradient_update_parameters
@@ -271,13 +242,6 @@ def _build_torchmeta(data: _TaskData) -> tuple[_Step, str]:
     return step, "gradient_update_parameters"
 
 
-def _import_learn2learn(shims_dir: str) -> str:
-    _prepare_shims(shims_dir, "l2l")
-    import learn2learn
-
-    return _dist_version("learn2learn", learn2learn)
-
-
 def _build_learn2learn(data: _TaskData) -> tuple[_Step, str]:
     import learn2learn as l2l
 
@@ -298,12 +262,6 @@ def _build_learn2learn(data: _TaskData) -> tuple[_Step, str]:
         return loss.detach()
 
     return step, "MAML.clone + adapt"
-
-
-def _import_higher(_shims_dir: str) -> str:
-    import higher
-
-    return _dist_version("higher", higher)
 
 
 def _build_higher(data: _TaskData) -> tuple[_Step, str]:
@@ -328,12 +286,6 @@ def _build_higher(data: _TaskData) -> tuple[_Step, str]:
         return loss.detach()
 
     return step, "innerloop_ctx"
-
-
-def _import_torchopt(_shims_dir: str) -> str:
-    import torchopt
-
-    return _dist_version("torchopt", torchopt)
 
 
 def _build_torchopt(data: _TaskData) -> tuple[_Step, str]:
@@ -367,36 +319,43 @@ def _build_torchopt(data: _TaskData) -> tuple[_Step, str]:
     return step, "sgd + apply_updates (functional)"
 
 
-def _prepare_shims(shims_dir: str, name: str) -> None:
-    """The import workarounds of shared/peers (torchvision on CPU torch, torchmeta helpers)."""
-    if shims_dir not in sys.path:
-        sys.path.insert(0, shims_dir)
-    import shims
-
-    shims.prepare(name)
-
-
 @dataclass(frozen=True)
 class _Impl:
-    import_library: Callable[[str], str]
-    build: Callable[[_TaskData], tuple[_Step, str]]
+    module: str  # imported first: an exception means "not importable"
+    build: Callable[[_TaskData], tuple[_Step, str]]  # the meta-iteration and a note
     peer: bool  # runs with the peers' interpreter
+    shim: str | None = None  # the workaround of shared/peers/shims.py to apply before importing
     shared_data: bool = True  # times the pre-generated batch
 
 
+def _import_library(impl: _Impl, shims_dir: str) -> str:
+    """Import the implementation's library (after its shim, if any); return its version."""
+    if impl.shim is not None:
+        if shims_dir not in sys.path:
+            sys.path.insert(0, shims_dir)
+        import shims
+
+        shims.prepare(impl.shim)
+    module = importlib.import_module(impl.module)
+    try:
+        return importlib.metadata.version(impl.module.split(".")[0])
+    except importlib.metadata.PackageNotFoundError:
+        return str(getattr(module, "__version__", "unknown"))
+
+
 _IMPLS: dict[str, _Impl] = {
-    OURS: _Impl(_import_fastadapt, lambda d: _build_fastadapt(d, sampling=False), peer=False),
+    OURS: _Impl("fastadapt", lambda d: _build_fastadapt(d, sampling=False), peer=False),
     f"{OURS}+sampling": _Impl(
-        _import_fastadapt,
+        "fastadapt",
         lambda d: _build_fastadapt(d, sampling=True),
         peer=False,
         shared_data=False,
     ),
-    BASELINE: _Impl(_import_torch, _build_torch_func, peer=False),
-    "torchmeta": _Impl(_import_torchmeta, _build_torchmeta, peer=True),
-    "learn2learn": _Impl(_import_learn2learn, _build_learn2learn, peer=True),
-    "higher": _Impl(_import_higher, _build_higher, peer=True),
-    "torchopt": _Impl(_import_torchopt, _build_torchopt, peer=True),
+    BASELINE: _Impl("torch.func", _build_torch_func, peer=False),
+    "torchmeta": _Impl("torchmeta", _build_torchmeta, peer=True, shim="torchmeta"),
+    "learn2learn": _Impl("learn2learn", _build_learn2learn, peer=True, shim="l2l"),
+    "higher": _Impl("higher", _build_higher, peer=True),
+    "torchopt": _Impl("torchopt", _build_torchopt, peer=True),
 }
 
 
@@ -405,9 +364,9 @@ _IMPLS: dict[str, _Impl] = {
 # ---------------------------------------------------------------------------------------------
 
 
-def _prepare(name: str, threads: int, warmup: int, shims_dir: str) -> tuple[_Step | None, dict]:
+def _prepare(name: str, args: argparse.Namespace) -> tuple[_Step | None, dict[str, Any]]:
     """Import, build and warm up one implementation: its step (None on failure) and its row."""
-    torch.set_num_threads(threads)
+    torch.set_num_threads(args.threads)
     torch.set_default_dtype(torch.float32)
     impl = _IMPLS[name]
     row: dict[str, Any] = {
@@ -418,18 +377,18 @@ def _prepare(name: str, threads: int, warmup: int, shims_dir: str) -> tuple[_Ste
         "shared_data": impl.shared_data,
     }
     try:
-        row["version"] = impl.import_library(shims_dir)
+        row["version"] = _import_library(impl, args.shims_dir)
     except Exception as exc:
         return None, {**row, "status": "not importable", "error": _first_line(exc)}
     try:
         step, row["note"] = impl.build(_make_tasks())
         row["first_loss"] = step().item()
-        for _ in range(warmup - 1):
+        for _ in range(args.warmup - 1):
             step()
     except Exception as exc:
         return None, {**row, "status": "failed", "error": _first_line(exc)}
     gc.collect()
-    return step, {**row, "status": "ok", "warmup": warmup}
+    return step, {**row, "status": "ok", "warmup": args.warmup}
 
 
 def _time(step: _Step, iters: int) -> tuple[list[float], torch.Tensor]:
@@ -442,25 +401,24 @@ def _time(step: _Step, iters: int) -> tuple[list[float], torch.Tensor]:
     return times, loss
 
 
-def _serve(args: argparse.Namespace) -> None:
+def _serve(args: argparse.Namespace, protocol: IO[str]) -> None:
     """Worker: answer the row once warmed up, then ``run N`` with N times and ``quit`` with the
-    final loss; one JSON line each on stdout (anything the libraries print goes to stderr)."""
-    protocol = sys.stdout
-    with contextlib.redirect_stdout(sys.stderr):
-        step, row = _prepare(args.worker, args.threads, args.warmup, args.shims_dir)
-        print(json.dumps(row), file=protocol, flush=True)
-        loss = torch.tensor(math.nan)
-        for line in sys.stdin if step is not None else ():
-            if line.strip() == "quit":
-                print(json.dumps({"final_loss": loss.item()}), file=protocol, flush=True)
-                return
-            times, loss = _time(step, int(line.split()[1]))
-            print(json.dumps(times), file=protocol, flush=True)
+    final loss, one JSON line each on ``protocol``."""
+    step, row = _prepare(args.worker, args)
+    print(json.dumps(row), file=protocol, flush=True)
+    loss = torch.tensor(math.nan)
+    for line in sys.stdin if step is not None else ():
+        if line.strip() == "quit":
+            print(json.dumps({"final_loss": loss.item()}), file=protocol, flush=True)
+            return
+        step()  # untimed: the first iteration after an idle wait runs ~1.5x slower
+        times, loss = _time(step, int(line.split()[1]))
+        print(json.dumps(times), file=protocol, flush=True)
 
 
 def _run_in_process(args: argparse.Namespace) -> dict[str, Any]:
     """``--impl``: the same measurement as one round, without subprocesses (debugging)."""
-    step, row = _prepare(args.impl, args.threads, args.warmup, args.shims_dir)
+    step, row = _prepare(args.impl, args)
     if step is not None:
         times, loss = _time(step, args.rounds * args.iters_per_round)
         row["final_loss"] = loss.item()
@@ -486,10 +444,6 @@ def _first_line(exc: BaseException) -> str:
 # ---------------------------------------------------------------------------------------------
 
 
-class _WorkerError(RuntimeError):
-    """The worker exited, hung or answered something that is not a JSON line."""
-
-
 class _Worker:
     """One implementation's worker subprocess, asked one command at a time."""
 
@@ -507,7 +461,8 @@ class _Worker:
         )
 
     def ask(self, command: str | None) -> Any:
-        """Send ``command`` (None: only read) and return the decoded one-line answer."""
+        """Send ``command`` (None: only read) and return the decoded one-line answer; raise
+        ChildProcessError (and close the worker) if it exits or does not answer in time."""
         if command is not None:
             with contextlib.suppress(OSError):  # the worker has exited: reported below
                 print(command, file=self.process.stdin, flush=True)
@@ -516,17 +471,15 @@ class _Worker:
         if line.startswith(("{", "[")):
             return json.loads(line)
         self.close()
-        if not ready:
-            raise _WorkerError(f"no answer within {self.timeout:g} s")
         self.stderr.seek(0)
         stderr = [line for line in self.stderr.read().splitlines() if line.strip()]
-        raise _WorkerError(stderr[-1] if stderr else f"exit status {self.process.returncode}")
+        error = stderr[-1] if stderr else f"exit status {self.process.returncode}"
+        raise ChildProcessError(error if ready else f"no answer within {self.timeout:g} s")
 
     def close(self) -> None:
         if self.process.poll() is None:
             self.process.kill()
         self.process.wait()
-        self.stderr.close()
 
 
 def _start_workers(args: argparse.Namespace) -> tuple[dict[str, dict], dict[str, _Worker]]:
@@ -537,69 +490,63 @@ def _start_workers(args: argparse.Namespace) -> tuple[dict[str, dict], dict[str,
     for name, impl in _IMPLS.items():
         python = args.peers_python if impl.peer else sys.executable
         print(f"starting {name} ...", end=" ", file=sys.stderr, flush=True)
-        row: dict[str, Any] = {"impl": name, "python": python}
-        if not Path(python).exists():
-            row.update(status="not importable", error=f"interpreter not found: {python}")
-        else:
-            worker = _Worker(name, python, args)
+        error = f"interpreter not found: {python}"
+        rows[name] = {"impl": name, "python": python, "status": "not importable", "error": error}
+        if Path(python).exists():
+            workers[name] = _Worker(name, python, args)
             try:
-                row = worker.ask(None)
-            except _WorkerError as exc:
-                row.update(status="failed", error=str(exc))
-            if row["status"] == "ok":
-                workers[name] = worker
-            else:
-                worker.close()
-        print(row["status"], file=sys.stderr, flush=True)
-        rows[name] = row
+                rows[name] = workers[name].ask(None)
+            except ChildProcessError as exc:
+                rows[name].update(status="failed", error=str(exc))
+            if rows[name]["status"] != "ok":
+                workers.pop(name).close()
+        print(rows[name]["status"], file=sys.stderr, flush=True)
     return rows, workers
 
 
 def _run_rounds(
     args: argparse.Namespace, rows: dict[str, dict], workers: dict[str, _Worker]
-) -> tuple[dict[str, list[list[float]]], list[list[str]]]:
-    """Each worker's times in ms, one list per round, and the order of each round; workers that
-    fail are marked in their row, closed and dropped."""
+) -> dict[str, list[list[float]]]:
+    """Each worker's times in ms, one list per round; a worker that fails is marked so in its
+    row, closed and dropped."""
     rng = random.Random(args.seed)
     times: dict[str, list[list[float]]] = {name: [] for name in workers}
-    orders = []
     for round_index in range(args.rounds):
         order = sorted(workers)
         rng.shuffle(order)
-        orders.append(order)
         for name in order:
             try:
                 answer = workers[name].ask(f"run {args.iters_per_round}")
-            except _WorkerError as exc:
+            except ChildProcessError as exc:
                 rows[name].update(status="failed", error=str(exc))
                 del workers[name]
                 continue
-            times[name].append([round(1e3 * t, 4) for t in answer])
+            times[name].append([1e3 * t for t in answer])
         medians = ", ".join(f"{n} {statistics.median(times[n][-1]):.1f}" for n in workers)
         print(f"round {round_index + 1}/{args.rounds} (ms): {medians}", file=sys.stderr)
     for name, worker in workers.items():
         try:
             rows[name].update(worker.ask("quit"))
-        except _WorkerError as exc:
+        except ChildProcessError as exc:
             rows[name].update(status="failed", error=str(exc))
         worker.close()
-    return times, orders
+    return times
 
 
 def _summarise(rows: dict[str, dict], times: dict[str, list[list[float]]]) -> dict[str, Any]:
     """Add each row's statistics and fastadapt's per-round speed-up over it; the headline."""
     ok = {name: row for name, row in rows.items() if row["status"] == "ok"}
-    ours = [statistics.median(r) for r in times[OURS]] if OURS in ok else None
+    medians = {name: [statistics.median(r) for r in times[name]] for name in ok}
     for name, row in ok.items():
         ms = sorted(t for round_ms in times[name] for t in round_ms)
         row.update(iterations=len(ms), median_ms=statistics.median(ms))
         row.update(p10_ms=_percentile(ms, 10), p90_ms=_percentile(ms, 90))
-        if ours is not None:
-            ratios = [statistics.median(r) / o for r, o in zip(times[name], ours, strict=True)]
+        row["round_median_ms"] = [round(m, 4) for m in medians[name]]
+        if OURS in ok:
+            ratios = [m / o for m, o in zip(medians[name], medians[OURS], strict=True)]
             row["speedup_of_fastadapt"] = statistics.median(ratios)
             row["speedup_range"] = [min(ratios), max(ratios)]
             row["round_speedups"] = [round(r, 4) for r in ratios]
-        row["round_ms"] = times[name]
     peers = [ok[name] for name in PEERS if name in ok]
     fastest = min(peers, key=lambda row: row["median_ms"]) if peers else None
     baseline = ok.get(BASELINE)
@@ -703,7 +650,7 @@ def _orchestrate(args: argparse.Namespace) -> None:
     machine = _machine_info(args.threads)
     rows, workers = _start_workers(args)
     try:
-        times, orders = _run_rounds(args, rows, workers)
+        times = _run_rounds(args, rows, workers)
     finally:
         for worker in workers.values():
             worker.close()
@@ -722,21 +669,11 @@ def _orchestrate(args: argparse.Namespace) -> None:
         "dtype": "float32",
     }
     measurement = {
-        "warmup": args.warmup,
-        "rounds": args.rounds,
-        "iters_per_round": args.iters_per_round,
-        "seed": args.seed,
-        "orders": orders,
+        **{key: vars(args)[key] for key in ("warmup", "rounds", "iters_per_round", "seed")},
         "speedup": "median over rounds of (row's round median / fastadapt's round median)",
     }
-    payload = {
-        "machine": machine,
-        "workload": workload,
-        "measurement": measurement,
-        "summary": summary,
-        "rows": list(rows.values()),
-    }
-    _write_json_atomically(args.out, payload)
+    payload = {"machine": machine, "workload": workload, "measurement": measurement}
+    _write_json_atomically(args.out, {**payload, "summary": summary, "rows": list(rows.values())})
     print(f"\nwrote {args.out}", file=sys.stderr)
 
 
@@ -748,7 +685,7 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     add("--impl", choices=list(_IMPLS), help="run only this one, in-process (debugging)")
     add("--worker", choices=list(_IMPLS), help=argparse.SUPPRESS)
     add("--warmup", type=int, default=20, help="warm-up iterations per worker (default 20)")
-    add("--rounds", type=int, default=15, help="interleaved rounds (default 15)")
+    add("--rounds", type=int, default=30, help="interleaved rounds (default 30)")
     add("--iters-per-round", type=int, default=10, help="timed iterations per round (default 10)")
     add("--seed", type=int, default=0, help="seed of the visiting order of each round")
     add("--shims-dir", default=DEFAULT_SHIMS_DIR, help="folder of the peers' import shims")
@@ -762,15 +699,15 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = _parse_args(argv)
-    if args.worker is not None:
-        _serve(args)
-    elif args.impl is not None:
-        stdout = sys.stdout
-        with contextlib.redirect_stdout(sys.stderr):  # keep stdout for the JSON row only
-            row = _run_in_process(args)
-        stdout.write(json.dumps(row) + "\n")
-    else:
+    if args.worker is None and args.impl is None:
         _orchestrate(args)
+        return
+    protocol = sys.stdout
+    with contextlib.redirect_stdout(sys.stderr):  # stdout carries the JSON answers only
+        if args.worker is not None:
+            _serve(args, protocol)
+        else:
+            print(json.dumps(_run_in_process(args)), file=protocol)
 
 
 if __name__ == "__main__":

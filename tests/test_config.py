@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 from fastadapt.config import RunConfig, list_presets, load_preset
 from fastadapt.engine.build import build_learner
@@ -82,3 +83,14 @@ def test_unknown_component_names_are_refused_when_building(assignment, message):
     config = load_preset("sinusoid-maml").override([assignment])
     with pytest.raises(ConfigError, match=message):
         build_learner(config)
+
+
+def test_maml_initialisation_is_truncated_normal_with_zero_bias():
+    from fastadapt.nn.mlp import MLP
+
+    model = MLP(1, [40, 40], 1, init="maml")
+    weights = torch.cat([model[i].weight.flatten() for i in (0, 2, 4)])
+    assert weights.abs().max() <= 0.02 and 0.005 < weights.std() < 0.01
+    assert all(model[i].bias.abs().sum() == 0 for i in (0, 2, 4))
+    with pytest.raises(ValueError, match="unknown init"):
+        MLP(1, [4], 1, init="xavier")

@@ -36,6 +36,7 @@ class ModelConfig:
     kind: str = "mlp"
     hidden: list[int] = field(default_factory=lambda: [40, 40])
     activation: str = "relu"
+    init: str = "torch"
 
 
 @dataclass

@@ -53,7 +53,9 @@ def build_task_family(config: RunConfig, split: str) -> TaskFamily:
 
 
 def _mlp(config: RunConfig, in_features: int, out_features: int) -> nn.Module:
-    return MLP(in_features, config.model.hidden, out_features, config.model.activation)
+    return MLP(
+        in_features, config.model.hidden, out_features, config.model.activation, config.model.init
+    )
 
 
 MODELS: dict[str, Callable[[RunConfig, int, int], nn.Module]] = {"mlp": _mlp}

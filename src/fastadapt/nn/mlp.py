@@ -8,10 +8,18 @@ from itertools import pairwise
 from torch import nn
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "tanh": nn.Tanh, "gelu": nn.GELU}
+INITS = ("torch", "maml")
 
 
 class MLP(nn.Sequential):
-    """``Linear → activation`` for each hidden size, then a final ``Linear`` (the head)."""
+    """``Linear → activation`` for each hidden size, then a final ``Linear`` (the head).
+
+    ``init="torch"`` keeps PyTorch's default initialisation; ``init="maml"`` is the one of the
+    MAML reference code for its sinusoid network: weights from a normal distribution with
+    standard deviation 0.01 truncated at two deviations, biases zero. It matters: with the
+    default initialisation, long MAML training on sinusoids reaches initialisations whose
+    10-step fine-tuning at α = 0.01 diverges on some tasks (``benchmarks/``).
+    """
 
     def __init__(
         self,
@@ -19,14 +27,22 @@ class MLP(nn.Sequential):
         hidden: Sequence[int],
         out_features: int,
         activation: str = "relu",
+        init: str = "torch",
     ) -> None:
         if activation not in ACTIVATIONS:
             raise ValueError(
                 f"unknown activation {activation!r}; choose one of {sorted(ACTIVATIONS)}."
             )
+        if init not in INITS:
+            raise ValueError(f"unknown init {init!r}; choose one of {INITS}.")
         sizes = [in_features, *hidden]
         layers: list[nn.Module] = []
         for fan_in, fan_out in pairwise(sizes):
             layers += [nn.Linear(fan_in, fan_out), ACTIVATIONS[activation]()]
         layers.append(nn.Linear(sizes[-1], out_features))
         super().__init__(*layers)
+        if init == "maml":
+            for layer in self:
+                if isinstance(layer, nn.Linear):
+                    nn.init.trunc_normal_(layer.weight, std=0.01, a=-0.02, b=0.02)
+                    nn.init.zeros_(layer.bias)

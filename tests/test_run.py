@@ -158,3 +158,17 @@ def test_tensorboard_and_learning_curves(tmp_path):
     assert png == out / "curves.png" and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     with pytest.raises(RunDirectoryError, match=r"no metrics\.csv"):
         plot_learning_curves(tmp_path)
+
+
+def test_atomic_writes_get_ordinary_permissions(tmp_path):
+    import os
+    import stat
+
+    from fastadapt.io.atomic import atomic_write_text
+
+    target = tmp_path / "results.json"
+    atomic_write_text(target, "{}")
+    mask = os.umask(0)
+    os.umask(mask)
+    assert stat.S_IMODE(target.stat().st_mode) == 0o666 & ~mask
+    assert not list(tmp_path.glob(".*.tmp"))

@@ -1,4 +1,4 @@
-"""The ``fastadapt`` command line: ``presets``, ``train``, ``eval``, ``plot``.
+"""The ``fastadapt`` command line: ``presets``, ``train``, ``eval``, ``plot``, ``datasets``.
 
 Every error fastadapt raises on purpose is printed as one message on stderr with exit code 2;
 nothing of an earlier run is overwritten.
@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from fastadapt.config import list_presets, load_preset
+from fastadapt.datasets.registry import DATASETS, dataset_info, dataset_root, download_dataset
 from fastadapt.engine.plots import plot_learning_curves
 from fastadapt.engine.run import evaluate_run, train_run
 from fastadapt.errors import FastAdaptError
@@ -94,6 +95,29 @@ def _parser() -> argparse.ArgumentParser:
     plot.add_argument("run_dir", type=Path, metavar="RUN_DIR")
     plot.add_argument("--out", type=Path, help="PNG file (default: RUN_DIR/curves.png)")
     plot.set_defaults(handler=_plot)
+
+    datasets = verbs.add_parser(
+        "datasets",
+        help="list, download and inspect datasets",
+        description="Datasets by name: `list` them, `download` one (md5-verified, resumable), "
+        "or show its classes, images, splits and cache (`info`).",
+    )
+    actions = datasets.add_subparsers(dest="action", required=True, metavar="ACTION")
+    actions.add_parser("list", help="the datasets fastadapt knows").set_defaults(
+        handler=_datasets_list
+    )
+    for action, text, handler in (
+        ("download", "download a dataset's files and build its cache", _datasets_download),
+        ("info", "classes, images, splits, cache size and location", _datasets_info),
+    ):
+        sub = actions.add_parser(action, help=text, description=text)
+        sub.add_argument("name", metavar="NAME")
+        sub.add_argument(
+            "--root",
+            type=Path,
+            help="the dataset's folder (default: a per-user cache folder, see `datasets list`)",
+        )
+        sub.set_defaults(handler=handler)
     return parser
 
 
@@ -127,6 +151,31 @@ def _eval(args: argparse.Namespace) -> int:
 
 def _plot(args: argparse.Namespace) -> int:
     print(plot_learning_curves(args.run_dir, args.out))
+    return 0
+
+
+def _datasets_list(args: argparse.Namespace) -> int:
+    for name, entry in DATASETS.items():
+        print(
+            f"{name}\n  {entry.summary}\n  {entry.source}\n  default folder: "
+            f"{dataset_root(name, None)}"
+        )
+    return 0
+
+
+def _datasets_download(args: argparse.Namespace) -> int:
+    print(f"{args.name} is ready in {download_dataset(args.name, args.root)}")
+    return 0
+
+
+def _datasets_info(args: argparse.Namespace) -> int:
+    info = dataset_info(args.name, args.root)
+    print(f"{info['name']}: {info['summary']}\n  folder: {info['root']}")
+    for split, facts in info["splits"].items():
+        shape = "x".join(str(d) for d in facts["image_shape"])
+        print(f"  {split:<6} {facts['classes']:>5} classes  {facts['images']:>7} examples  {shape}")
+    for entry in info["cache"]:
+        print(f"  cache {entry['key']}: {entry['bytes'] / 2**20:.1f} MiB in {entry['path']}")
     return 0
 
 

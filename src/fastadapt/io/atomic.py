@@ -21,6 +21,7 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[IO[bytes]], Any]
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     try:
+        os.chmod(tmp_name, 0o666 & ~_umask())  # mkstemp's 0600 would make results private
         with os.fdopen(fd, "wb") as handle:
             write(handle)
             handle.flush()
@@ -39,3 +40,9 @@ def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
 def atomic_torch_save(path: str | os.PathLike[str], obj: Any) -> None:
     """``torch.save(obj, path)``, atomically."""
     atomic_write(path, lambda handle: torch.save(obj, handle))
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask

@@ -1,0 +1,153 @@
+"""The datasets fastadapt knows by name: where their files come from, and what they hold.
+
+Used by ``fastadapt datasets list | download | info`` (and, later, by presets through
+``data.name``). Loaders are imported when a dataset is used, so listing costs nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from fastadapt.datasets.class_set import ClassSet
+from fastadapt.datasets.paths import default_root
+from fastadapt.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class DatasetEntry:
+    """One named dataset: a summary, where its files come from, and its class splits."""
+
+    summary: str
+    source: str
+    folder: str
+    splits: tuple[str, ...]
+    load: Callable[[Path, str, bool], ClassSet]
+    downloadable: bool
+
+
+def _omniglot(root: Path, split: str, download: bool) -> ClassSet:
+    from fastadapt.datasets.omniglot import Omniglot
+
+    return Omniglot(root, download=download).vinyals(split)
+
+
+def _cifar_fs(root: Path, split: str, download: bool) -> ClassSet:
+    from fastadapt.datasets.cifar import cifar_fs
+
+    return cifar_fs(root, split, download=download, cache_dir=root / "cache")
+
+
+def _fc100(root: Path, split: str, download: bool) -> ClassSet:
+    from fastadapt.datasets.cifar import fc100
+
+    return fc100(root, split, download=download, cache_dir=root / "cache")
+
+
+def _mini_imagenet(root: Path, split: str, download: bool) -> ClassSet:
+    from fastadapt.datasets.mini_imagenet import mini_imagenet
+
+    return mini_imagenet(root, split, cache_dir=root / "cache")
+
+
+def _tiered_imagenet(root: Path, split: str, download: bool) -> ClassSet:
+    from fastadapt.datasets.tiered_imagenet import tiered_imagenet
+
+    return tiered_imagenet(root, split, cache_dir=root / "cache")
+
+
+DATASETS: dict[str, DatasetEntry] = {
+    "omniglot": DatasetEntry(
+        "Lake et al. 2015: 1623 handwritten characters x 20 drawers; Vinyals split with "
+        "rotations as classes (4112 / 688 / 1692 classes)",
+        "downloaded: images_background.zip, images_evaluation.zip (brendenlake/omniglot)",
+        "omniglot",
+        ("train", "val", "test"),
+        _omniglot,
+        True,
+    ),
+    "cifar-fs": DatasetEntry(
+        "Bertinetto et al. 2019: CIFAR-100 fine classes split 64 / 16 / 20, 32x32 RGB",
+        "downloaded: cifar-100-python.tar.gz (cs.toronto.edu/~kriz)",
+        "cifar100",
+        ("train", "val", "test"),
+        _cifar_fs,
+        True,
+    ),
+    "fc100": DatasetEntry(
+        "Oreshkin et al. 2018: CIFAR-100 superclasses split 12 / 4 / 4 (60 / 20 / 20 classes)",
+        "downloaded: cifar-100-python.tar.gz (cs.toronto.edu/~kriz)",
+        "cifar100",
+        ("train", "val", "test"),
+        _fc100,
+        True,
+    ),
+    "mini-imagenet": DatasetEntry(
+        "Vinyals et al. 2016 / Ravi & Larochelle 2017 split: 64 / 16 / 20 classes x 600, 84x84",
+        "your files: images/<name>.jpg as in the Ravi csv, or mini-imagenet-cache-<split>.pkl",
+        "mini-imagenet",
+        ("train", "val", "test"),
+        _mini_imagenet,
+        False,
+    ),
+    "tiered-imagenet": DatasetEntry(
+        "Ren et al. 2018: 351 / 97 / 160 classes of ImageNet, 84x84",
+        "your files: <split>_images_png.pkl or <split>_images.npz, with <split>_labels.pkl",
+        "tiered-imagenet",
+        ("train", "val", "test"),
+        _tiered_imagenet,
+        False,
+    ),
+}
+
+
+def dataset(name: str) -> DatasetEntry:
+    """The entry of a named dataset; an unknown name lists the known ones."""
+    if name not in DATASETS:
+        raise ConfigError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}.")
+    return DATASETS[name]
+
+
+def dataset_root(name: str, root: Path | None) -> Path:
+    """``root`` if given, else the dataset's folder under :func:`default_root`."""
+    return root if root is not None else default_root() / dataset(name).folder
+
+
+def download_dataset(name: str, root: Path | None) -> Path:
+    """Download a dataset's files (verified) and build its caches; returns its folder."""
+    entry = dataset(name)
+    if not entry.downloadable:
+        raise ConfigError(
+            f"{name} cannot be downloaded (its hosting is not stable); put your copy in "
+            f"{dataset_root(name, root)}: {entry.source}."
+        )
+    folder = dataset_root(name, root)
+    for split in entry.splits:
+        entry.load(folder, split, True)
+    return folder
+
+
+def dataset_info(name: str, root: Path | None) -> dict[str, Any]:
+    """Classes and images per split, and the cache files with their sizes and location."""
+    from fastadapt.datasets.cache import cache_info
+
+    entry = dataset(name)
+    folder = dataset_root(name, root)
+    splits = {}
+    for split in entry.splits:
+        classes = entry.load(folder, split, False)
+        splits[split] = {
+            "classes": classes.num_classes,
+            "images": int(classes.examples_per_class().sum()),
+            "image_shape": [classes.channels, classes.height, classes.width],
+        }
+    return {
+        "name": name,
+        "summary": entry.summary,
+        "source": entry.source,
+        "root": str(folder),
+        "splits": splits,
+        "cache": cache_info(folder / "cache"),
+    }

@@ -189,3 +189,35 @@ def test_datasets_info_on_the_real_archives(real_root, capsys):
     out = capsys.readouterr().out
     assert "4112 classes" in out and "688 classes" in out and "1692 classes" in out
     assert "cache omniglot-28x28" in out
+
+
+def test_training_maml_on_omniglot_episodes_end_to_end(real_root, tmp_path, capsys):
+    settings = [
+        "task.family=omniglot",
+        f"data.root={real_root}",
+        "model.kind=conv4",
+        "task.ways=5",
+        "task.shots=1",
+        "task.queries=3",
+        "eval.ways=5",
+        "eval.shots=1",
+        "eval.queries=3",
+        "algorithm.inner_lr=0.4",
+        "eval.inner_steps=1",
+        "eval.report_steps=[0,1]",
+        "train.steps=2",
+        "train.meta_batch=2",
+        "train.val_every=2",
+        "train.val_tasks=2",
+        "train.checkpoint_every=2",
+        "eval.tasks=4",
+        "eval.batch=2",
+    ]
+    args = [arg for s in settings for arg in ("--set", s)]
+    out = tmp_path / "run"
+    assert main(["train", "sinusoid-maml", *args, "--out", str(out), "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    assert "family=omniglot, ways=5, shots=1" in printed and "accuracy@1" in printed
+    mismatch = [*args, "--set", "eval.ways=20"]
+    assert main(["train", "sinusoid-maml", *mismatch, "--out", str(tmp_path / "b")]) == 2
+    assert "eval.ways (20) differs from task.ways (5)" in capsys.readouterr().err

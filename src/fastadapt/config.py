@@ -27,8 +27,17 @@ else:  # pragma: no cover - exercised on Python 3.10 only
 @dataclass
 class TaskConfig:
     family: str = "sinusoid"
+    ways: int = 5
     shots: int = 10
     queries: int = 10
+
+
+@dataclass
+class DataConfig:
+    """Where an image dataset (``task.family`` = its name) lives and how it is decoded."""
+
+    root: str = ""
+    image_size: int = 28
 
 
 @dataclass
@@ -70,6 +79,7 @@ class TrainConfig:
 
 @dataclass
 class EvalConfig:
+    ways: int = 5
     shots: int = 5
     queries: int = 100
     tasks: int = 600
@@ -95,6 +105,7 @@ class RunConfig:
     preset: str = "custom"
     description: str = ""
     task: TaskConfig = field(default_factory=TaskConfig)
+    data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -129,6 +140,7 @@ class RunConfig:
     def validate(self) -> None:
         """Refuse values that cannot work, naming the key and how to fix it."""
         positive = {
+            "task.ways": self.task.ways,
             "task.shots": self.task.shots,
             "task.queries": self.task.queries,
             "algorithm.inner_steps": self.algorithm.inner_steps,
@@ -140,11 +152,13 @@ class RunConfig:
             "train.val_tasks": self.train.val_tasks,
             "train.checkpoint_every": self.train.checkpoint_every,
             "train.log_every": self.train.log_every,
+            "eval.ways": self.eval.ways,
             "eval.shots": self.eval.shots,
             "eval.queries": self.eval.queries,
             "eval.tasks": self.eval.tasks,
             "eval.inner_steps": self.eval.inner_steps,
             "eval.batch": self.eval.batch,
+            "data.image_size": self.data.image_size,
         }
         optional_positive = {
             "train.task_chunk": self.train.task_chunk,

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol, TypeVar
 
 import torch
@@ -15,8 +16,11 @@ from torch import nn
 from fastadapt.algorithms.base import MetaLearner
 from fastadapt.algorithms.maml import MAML
 from fastadapt.config import RunConfig
+from fastadapt.datasets.registry import DATASETS, dataset_root
 from fastadapt.errors import ConfigError
+from fastadapt.nn.conv4 import Conv4
 from fastadapt.nn.mlp import MLP
+from fastadapt.tasks.sampler import FewShotSampler
 from fastadapt.tasks.sinusoid import SinusoidTasks
 from fastadapt.tasks.task import TaskBatch
 
@@ -29,27 +33,50 @@ class TaskFamily(Protocol):
 
 @dataclass(frozen=True)
 class FamilySpec:
-    """How to build a task family, and the input/output sizes and problem type of its tasks."""
+    """How to build a task family, and the problem type of its tasks."""
 
-    build: Callable[[RunConfig, str, int, int, int], TaskFamily]
-    in_features: int
-    out_features: int
+    build: Callable[[RunConfig, str], TaskFamily]
     problem: str
 
 
-def _sinusoid(config: RunConfig, split: str, shots: int, queries: int, seed: int) -> TaskFamily:
-    return SinusoidTasks(shots=shots, queries=queries, seed=seed, split=split)
+_STREAMS = {"train": 0, "val": 1, "test": 2}
 
 
-TASK_FAMILIES: dict[str, FamilySpec] = {"sinusoid": FamilySpec(_sinusoid, 1, 1, "regression")}
+def _sinusoid(config: RunConfig, split: str) -> TaskFamily:
+    if split == "train":
+        return SinusoidTasks(config.task.shots, config.task.queries, config.train.seed, split)
+    return SinusoidTasks(config.eval.shots, config.eval.queries, config.eval.seed, split)
+
+
+def _image_episodes(config: RunConfig, split: str) -> TaskFamily:
+    """Episodes of a named image dataset's class split (train, val or test classes)."""
+    name = config.task.family
+    root = Path(config.data.root).expanduser() if config.data.root else None
+    classes = DATASETS[name].load(dataset_root(name, root), split, False)
+    if split == "train":
+        task, seed = config.task, config.train.seed
+    else:
+        task, seed = config.eval, config.eval.seed
+    return FewShotSampler(classes, task.ways, task.shots, task.queries, seed, _STREAMS[split])
+
+
+TASK_FAMILIES: dict[str, FamilySpec] = {
+    "sinusoid": FamilySpec(_sinusoid, "regression"),
+    **{name: FamilySpec(_image_episodes, "classification") for name in DATASETS},
+}
 
 
 def build_task_family(config: RunConfig, split: str) -> TaskFamily:
     """Tasks of ``split`` ("train", "val" or "test"); val and test use the eval protocol."""
-    build = _choose("task.family", config.task.family, TASK_FAMILIES).build
-    if split == "train":
-        return build(config, split, config.task.shots, config.task.queries, config.train.seed)
-    return build(config, split, config.eval.shots, config.eval.queries, config.eval.seed)
+    return _choose("task.family", config.task.family, TASK_FAMILIES).build(config, split)
+
+
+def _model_shape(config: RunConfig) -> tuple[int, int]:
+    """Input features (or channels) and outputs of the model a task family needs."""
+    if config.task.family == "sinusoid":
+        return 1, 1
+    channels = 1 if config.task.family == "omniglot" else 3
+    return channels, config.task.ways
 
 
 def _mlp(config: RunConfig, in_features: int, out_features: int) -> nn.Module:
@@ -58,7 +85,11 @@ def _mlp(config: RunConfig, in_features: int, out_features: int) -> nn.Module:
     )
 
 
-MODELS: dict[str, Callable[[RunConfig, int, int], nn.Module]] = {"mlp": _mlp}
+def _conv4(config: RunConfig, in_channels: int, ways: int) -> nn.Module:
+    return Conv4(in_channels, ways=ways, image_size=config.data.image_size)
+
+
+MODELS: dict[str, Callable[[RunConfig, int, int], nn.Module]] = {"mlp": _mlp, "conv4": _conv4}
 
 
 def _maml(config: RunConfig, model: nn.Module, problem: str) -> MetaLearner:
@@ -85,12 +116,17 @@ ALGORITHMS: dict[str, Callable[[RunConfig, nn.Module, str], MetaLearner]] = {"ma
 def build_learner(config: RunConfig) -> MetaLearner:
     """The meta-learner with a freshly initialised model (seeded by ``train.seed``)."""
     family = _choose("task.family", config.task.family, TASK_FAMILIES)
+    if family.problem == "classification" and config.eval.ways != config.task.ways:
+        raise ConfigError(
+            f"eval.ways ({config.eval.ways}) differs from task.ways ({config.task.ways}), but "
+            f"{config.algorithm.name}'s classifier head has task.ways outputs; set them equal."
+        )
     build_model = _choose("model.kind", config.model.kind, MODELS)
     build_algorithm = _choose("algorithm.name", config.algorithm.name, ALGORITHMS)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.train.seed)
         try:
-            model = build_model(config, family.in_features, family.out_features)
+            model = build_model(config, *_model_shape(config))
             return build_algorithm(config, model, family.problem)
         except ValueError as error:
             raise ConfigError(f"invalid configuration: {error}") from error

@@ -139,9 +139,11 @@ def evaluate_run(
 
 def protocol(config: RunConfig) -> dict[str, Any]:
     """The evaluation protocol, printed beside every number and stored with it."""
+    ways = {} if config.task.family == "sinusoid" else {"ways": config.eval.ways}
     return {
         "split": "test",
         "family": config.task.family,
+        **ways,
         "shots": config.eval.shots,
         "queries": config.eval.queries,
         "tasks": config.eval.tasks,

@@ -318,9 +318,11 @@ def main() -> None:
             )
             for sampler in samplers.values():
                 _single_process(sampler, args.meta_batch)()  # warm up
+            for name in rows:  # the table lists rows in this order
+                rates.setdefault(name, {})[workload] = []
             for _ in range(args.rounds):
                 for name in order.sample(list(rows), len(rows)):
-                    rates.setdefault(name, {}).setdefault(workload, []).append(rows[name]())
+                    rates[name][workload].append(rows[name]())
     peer_versions = {}
     for peer in PEERS:
         result = _peer_rows(peer, args)

@@ -74,7 +74,7 @@ def test_bad_overrides_are_refused(assignment, message):
     [
         ("algorithm.name=protonet", "unknown algorithm.name 'protonet'"),
         ("model.kind=resnet", "unknown model.kind"),
-        ("task.family=omniglot", "unknown task.family"),
+        ("task.family=quickdraw", "unknown task.family"),
         ("model.activation=swish", "unknown activation"),
         ("algorithm.batch_mode=gpu", "batch mode must be one of"),
     ],

@@ -9,7 +9,10 @@ is a pure function of ``(seed, stream, i)`` built on counter-based randomness
 in any number of workers, and a resumed run continues the same stream.
 
 A batch of episodes is sampled with a handful of NumPy operations over all its episodes at once
-and its images are fetched with one gather and one float conversion (DESIGN.md §3, principle 3).
+(no Python loop per episode or per image) and its images are fetched with one
+:meth:`ClassSet.gather`: one uint8 gather (one per rotation group on a rotation view) and one
+float conversion, support images of every task first, then query images, so that both are
+views of one array (DESIGN.md §3, principle 3).
 """
 
 from __future__ import annotations

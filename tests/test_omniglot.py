@@ -17,7 +17,9 @@ from PIL import Image
 from fastadapt.cli import main
 from fastadapt.datasets import omniglot
 from fastadapt.datasets.omniglot import Omniglot, OmniglotError
+from fastadapt.errors import ConfigError
 from fastadapt.io.download import RemoteFile
+from fastadapt.tasks.sampler import FewShotSampler
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "omniglot"
 TINY = {
@@ -86,6 +88,16 @@ def test_tiny_archives_decode_once_and_protocols(tmp_path, tiny_counts, recwarn)
     assert evaluation.num_classes == 4 and [len(g) for g in groups] == [2, 2]
     for alphabet, group in zip(data.evaluation_alphabets, groups):
         assert all(evaluation.class_names[i].startswith(alphabet + "/") for i in group)
+    episodes = FewShotSampler(evaluation, ways=2, shots=1, queries=1, seed=1, groups=groups)
+    alphabets_seen = set()
+    for index in range(40):
+        classes, _ = episodes.episode(index)
+        alphabets = {evaluation.class_names[c].split("/")[0] for c in classes}
+        assert len(alphabets) == 1 and len(set(classes.tolist())) == 2
+        alphabets_seen |= alphabets
+    assert alphabets_seen == set(data.evaluation_alphabets)
+    with pytest.raises(ConfigError, match="fewer than ways=3"):
+        FewShotSampler(evaluation, ways=3, shots=1, queries=1, groups=groups)
     # The Vinyals split names characters these tiny archives do not have.
     with pytest.raises(Exception, match="Angelic"):
         data.vinyals("train")
@@ -182,6 +194,11 @@ def test_real_archives_give_the_published_counts(real_root):
     background, _ = data.lake("background")
     evaluation, groups = data.lake("evaluation")
     assert (background.num_classes, evaluation.num_classes, len(groups)) == (964, 659, 20)
+    # Lake et al.'s 20-way one-shot tasks, each within one evaluation alphabet.
+    batch_classes = FewShotSampler(evaluation, 20, 1, 1, seed=0, groups=groups)
+    for index in range(10):
+        classes, _ = batch_classes.episode(index)
+        assert len({evaluation.class_names[c].split("/")[0] for c in classes}) == 1
 
 
 def test_datasets_info_on_the_real_archives(real_root, capsys):

@@ -132,8 +132,8 @@ class Omniglot:
         """Lake et al.'s protocol: ``background`` (30 alphabets, 964 characters) for training,
         ``evaluation`` (20 alphabets, 659 characters) for testing.
 
-        Returns the characters and, for each alphabet, the ids of its classes in that set, for
-        a sampler that draws every task's classes from one alphabet.
+        Returns the characters and, for each alphabet, the ids of its classes in that set; pass
+        them as ``FewShotSampler(..., groups=groups)`` to draw every task within one alphabet.
         """
         alphabets = {
             "background": self.background_alphabets,

@@ -70,7 +70,7 @@ class TaskLoader:
             )
             pin_memory = False
         self.sampler, self.meta_batch = sampler, int(meta_batch)
-        self.start_step, self.steps = int(start_step), steps
+        self.start_step, self.steps = int(start_step), None if steps is None else int(steps)
         self.workers, self.pin_memory = int(workers), pin_memory
         self._steps = _Steps(sampler, self.meta_batch, augment)
 

@@ -27,7 +27,7 @@ from fastadapt.errors import ConfigError
 from fastadapt.tasks.counter_rng import stream_key, uniform
 from fastadapt.tasks.task import TaskBatch
 
-_CLASS_DRAWS, _EXAMPLE_DRAWS = 0, 1
+_CLASS_DRAWS, _EXAMPLE_DRAWS, _GROUP_DRAWS = 0, 1, 2
 _SHUFFLE = 0
 
 
@@ -41,6 +41,9 @@ class FewShotSampler:
         queries: query examples per class.
         seed: the seed of the episode stream.
         stream: a second seed coordinate, to keep e.g. validation and test episodes apart.
+        groups: optional class-id groups; each episode then draws one group uniformly and all
+            its ``ways`` classes from it (Lake et al. 2015's within-alphabet Omniglot tasks,
+            with the groups of :meth:`Omniglot.lake`).
 
     Within a task, support and query examples are ordered class by class (the ``shots``
     examples of label 0, then label 1, ...). For a given class set and protocol, episode ``i``
@@ -55,6 +58,7 @@ class FewShotSampler:
         queries: int,
         seed: int = 0,
         stream: int = 0,
+        groups: Sequence[np.ndarray] | None = None,
     ) -> None:
         for name, value in {"ways": ways, "shots": shots, "queries": queries}.items():
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
@@ -78,11 +82,13 @@ class FewShotSampler:
                 f"({too_small.size} classes are that small); lower shots or queries, or leave "
                 "those classes out with ClassSet.subset()."
             )
+        self._groups = None if groups is None else _group_table(groups, ways, classes.num_classes)
         self.classes = classes
         self.ways, self.shots, self.queries = int(ways), int(shots), int(queries)
         self.seed, self.stream = int(seed), int(stream)
         self._class_key = stream_key(seed, stream, _CLASS_DRAWS)
         self._example_key = stream_key(seed, stream, _EXAMPLE_DRAWS)
+        self._group_key = stream_key(seed, stream, _GROUP_DRAWS)
         self._counts = counts
         self._largest = int(counts.max())
         self._class_plan = _plan(self.ways, classes.num_classes, classes.num_classes)
@@ -128,15 +134,7 @@ class FewShotSampler:
         )
 
     def _draw(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        num_classes = self.classes.num_classes
-        classes = _distinct(
-            self._class_key,
-            (ids[:, None],),
-            np.full(ids.shape, num_classes),
-            self.ways,
-            num_classes,
-            self._class_plan,
-        )
+        classes = self._draw_classes(ids)
         examples = _distinct(
             self._example_key,
             (ids[:, None, None], self._way_ids),
@@ -146,6 +144,55 @@ class FewShotSampler:
             self._example_plan,
         )
         return classes, examples
+
+    def _draw_classes(self, ids: np.ndarray) -> np.ndarray:
+        num_classes = self.classes.num_classes
+        if self._groups is None:
+            return _distinct(
+                self._class_key,
+                (ids[:, None],),
+                np.full(ids.shape, num_classes),
+                self.ways,
+                num_classes,
+                self._class_plan,
+            )
+        table, sizes = self._groups
+        group = np.minimum(
+            (uniform(self._group_key, ids) * len(sizes)).astype(np.int64), len(sizes) - 1
+        )
+        positions = _distinct(
+            self._class_key,
+            (ids[:, None],),
+            sizes[group],
+            self.ways,
+            table.shape[1],
+            _plan(self.ways, int(sizes.min()), table.shape[1]),
+        )
+        return np.take_along_axis(table[group], positions, axis=1)
+
+
+def _group_table(
+    groups: Sequence[np.ndarray], ways: int, num_classes: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Groups as a padded ``[G, largest]`` table of class ids, and their sizes."""
+    members = [np.asarray(g, dtype=np.int64).reshape(-1) for g in groups]
+    if not members:
+        raise ConfigError("groups is empty; pass at least one group of class ids, or None.")
+    for position, group in enumerate(members):
+        if group.size < ways:
+            raise ConfigError(
+                f"group {position} has {group.size} classes, fewer than ways={ways}; leave it "
+                "out or lower ways."
+            )
+        if group.min() < 0 or group.max() >= num_classes or np.unique(group).size != group.size:
+            raise ConfigError(
+                f"group {position} must hold distinct class ids in 0..{num_classes - 1}."
+            )
+    sizes = np.array([g.size for g in members])
+    table = np.zeros((len(members), sizes.max()), dtype=np.int64)
+    for position, group in enumerate(members):
+        table[position, : group.size] = group
+    return table, sizes
 
 
 def _as_indices(indices: Sequence[int] | range) -> np.ndarray:

@@ -18,6 +18,7 @@ from fastadapt.cli import main
 from fastadapt.datasets import omniglot
 from fastadapt.datasets.omniglot import Omniglot, OmniglotError
 from fastadapt.errors import ConfigError
+from fastadapt.io.archives import ArchiveError
 from fastadapt.io.download import RemoteFile
 from fastadapt.tasks.sampler import FewShotSampler
 
@@ -106,6 +107,19 @@ def test_tiny_archives_decode_once_and_protocols(tmp_path, tiny_counts, recwarn)
 def test_incomplete_archive_is_refused(tmp_path, tiny_counts):
     write_tiny_archives(tmp_path, drop_drawer=True)
     with pytest.raises(OmniglotError, match="drawer count other than 20"):
+        Omniglot(tmp_path)
+
+
+def test_truncated_or_foreign_archives_are_refused(tmp_path, tiny_counts):
+    write_tiny_archives(tmp_path)
+    background = tmp_path / "images_background.zip"
+    intact = background.read_bytes()
+    background.write_bytes(intact[: len(intact) // 2])
+    with pytest.raises(ArchiveError, match=r"images_background\.zip"):
+        Omniglot(tmp_path)
+    with zipfile.ZipFile(background, "w") as foreign:
+        foreign.writestr("cifar-100-python/meta", b"not omniglot")
+    with pytest.raises(OmniglotError, match=r"not a complete images_background\.zip"):
         Omniglot(tmp_path)
 
 

@@ -10,7 +10,7 @@ def default_root() -> Path:
     """``$FASTADAPT_HOME``, else ``$XDG_CACHE_HOME/fastadapt``, else ``~/.cache/fastadapt``.
 
     Each dataset keeps its files in ``<root>/<dataset>`` and its decoded arrays in
-    ``<root>/cache``; ``--set data.root=DIR`` points a run anywhere else.
+    ``<root>/<dataset>/cache``; ``--set data.root=DIR`` points a run anywhere else.
     """
     if "FASTADAPT_HOME" in os.environ:
         return Path(os.environ["FASTADAPT_HOME"]).expanduser()

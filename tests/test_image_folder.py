@@ -70,6 +70,16 @@ def test_grayscale_and_a_class_filter(tmp_path: Path) -> None:
     np.testing.assert_array_equal(_images(classes, 1)[..., 0], expected)
 
 
+def test_a_class_split_file_selects_the_classes(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    _write_tree(data)
+    split = tmp_path / "train.txt"
+    split.write_text("eel\ncat\n\n")
+    assert image_folder(data, image_size=8, classes=split).class_names == ["eel", "cat"]
+    with pytest.raises(DatasetError, match="does not exist"):
+        image_folder(data, image_size=8, classes=tmp_path / "missing.txt")
+
+
 def test_exif_orientation_is_applied(tmp_path: Path) -> None:
     pixels = np.zeros((10, 20, 3), dtype=np.uint8)
     pixels[:, 10:] = 255  # stored: left dark, right bright

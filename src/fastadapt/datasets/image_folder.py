@@ -38,7 +38,7 @@ def image_folder(
     *,
     image_size: int,
     channels: int = 3,
-    classes: Sequence[str] | None = None,
+    classes: Sequence[str] | Path | None = None,
     skip_unreadable: bool = False,
     cache_dir: Path | str | None = None,
 ) -> ClassSet:
@@ -48,7 +48,8 @@ def image_folder(
         root: the folder of class folders.
         image_size: side of the square images every image is resized to.
         channels: 1 (grayscale, images ``[N, H, W]``) or 3 (RGB, ``[N, H, W, 3]``).
-        classes: the class folders to load, in this order (default: all, sorted by name).
+        classes: the class folders to load, in this order (default: all, sorted by name), or
+            a class-split file (a ``Path``) that lists them one per line.
         skip_unreadable: leave out, with a warning naming each, the files Pillow cannot
             decode, instead of raising.
         cache_dir: keep the decoded images there. The cache key holds the folder's name and a
@@ -109,8 +110,12 @@ def _visible(folder: Path, *, want_dirs: bool) -> list[Path]:
     )
 
 
-def _choose_classes(root: Path, classes: Sequence[str] | None) -> list[str]:
+def _choose_classes(root: Path, classes: Sequence[str] | Path | None) -> list[str]:
     available = [folder.name for folder in _visible(root, want_dirs=True)]
+    if isinstance(classes, Path):
+        if not classes.is_file():
+            raise DatasetError(f"class-split file {classes} does not exist; pass an existing file.")
+        classes = [line.strip() for line in classes.read_text("utf-8").splitlines() if line.strip()]
     if classes is None:
         if not available:
             raise DatasetError(

@@ -72,7 +72,7 @@ def test_bad_overrides_are_refused(assignment, message):
 @pytest.mark.parametrize(
     ("assignment", "message"),
     [
-        ("algorithm.name=protonet", "unknown algorithm.name 'protonet'"),
+        ("algorithm.name=reptile", "unknown algorithm.name"),
         ("model.kind=resnet", "unknown model.kind"),
         ("task.family=quickdraw", "unknown task.family"),
         ("model.activation=swish", "unknown activation"),
@@ -94,3 +94,12 @@ def test_maml_initialisation_is_truncated_normal_with_zero_bias():
     assert all(model[i].bias.abs().sum() == 0 for i in (0, 2, 4))
     with pytest.raises(ValueError, match="unknown init"):
         MLP(1, [4], 1, init="xavier")
+
+
+def test_algorithm_and_family_must_fit():
+    sinusoid_protonet = load_preset("sinusoid-maml").override(["algorithm.name=protonet"])
+    with pytest.raises(ConfigError, match="protonet solves classification tasks"):
+        build_learner(sinusoid_protonet)
+    metric = load_preset("protonet-omniglot-1shot")
+    assert metric.task.ways == 60 and metric.eval.ways == 5
+    assert build_learner(metric).embedding(torch.zeros(2, 1, 28, 28)).shape == (2, 64)

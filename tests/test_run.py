@@ -172,3 +172,17 @@ def test_atomic_writes_get_ordinary_permissions(tmp_path):
     os.umask(mask)
     assert stat.S_IMODE(target.stat().st_mode) == 0o666 & ~mask
     assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_step_decay_of_the_learning_rate_survives_resume(tmp_path):
+    out = tmp_path / "run"
+    decay = ("train.lr_decay=0.5", "train.lr_decay_every=2")
+    train_run(tiny_config(*decay, "train.steps=4"), out, progress=False)
+    train_run(tiny_config(*decay), out, resume=True, progress=False)
+    # Steps 0..5 use lr * 0.5 ** (step // 2); the last update (step index 5) used 0.25 * lr.
+    last = load_checkpoint(out / "checkpoints" / "last.pt")
+    assert last.optimizer["param_groups"][0]["lr"] == pytest.approx(0.001 * 0.25)
+    straight = tmp_path / "straight"
+    train_run(tiny_config(*decay), straight, progress=False)
+    other = load_checkpoint(straight / "checkpoints" / "last.pt")
+    assert all(torch.equal(last.learner[k], other.learner[k]) for k in last.learner)

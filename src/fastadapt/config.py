@@ -58,6 +58,9 @@ class AlgorithmConfig:
     meta_sgd: bool = False
     per_step_lr: bool = False
     batch_mode: str = "auto"
+    distance: str = "euclidean"
+    fce: bool = False
+    read_steps: int | None = None
 
 
 @dataclass
@@ -66,6 +69,8 @@ class TrainConfig:
     meta_batch: int = 25
     optimizer: str = "adam"
     lr: float = 0.001
+    lr_decay: float = 1.0
+    lr_decay_every: int | None = None
     task_chunk: int | None = None
     val_every: int = 1000
     val_tasks: int = 100
@@ -148,6 +153,7 @@ class RunConfig:
             "train.steps": self.train.steps,
             "train.meta_batch": self.train.meta_batch,
             "train.lr": self.train.lr,
+            "train.lr_decay": self.train.lr_decay,
             "train.val_every": self.train.val_every,
             "train.val_tasks": self.train.val_tasks,
             "train.checkpoint_every": self.train.checkpoint_every,
@@ -163,6 +169,8 @@ class RunConfig:
         optional_positive = {
             "train.task_chunk": self.train.task_chunk,
             "train.threads": self.train.threads,
+            "train.lr_decay_every": self.train.lr_decay_every,
+            "algorithm.read_steps": self.algorithm.read_steps,
             "eval.inner_lr": self.eval.inner_lr,
         }
         positive.update({k: v for k, v in optional_positive.items() if v is not None})

@@ -15,6 +15,8 @@ from torch import nn
 
 from fastadapt.algorithms.base import MetaLearner
 from fastadapt.algorithms.maml import MAML
+from fastadapt.algorithms.matching import MatchingNet
+from fastadapt.algorithms.protonet import ProtoNet
 from fastadapt.config import RunConfig
 from fastadapt.datasets.registry import DATASETS, dataset_root
 from fastadapt.errors import ConfigError
@@ -71,25 +73,30 @@ def build_task_family(config: RunConfig, split: str) -> TaskFamily:
     return _choose("task.family", config.task.family, TASK_FAMILIES).build(config, split)
 
 
-def _model_shape(config: RunConfig) -> tuple[int, int]:
-    """Input features (or channels) and outputs of the model a task family needs."""
+def _model_shape(config: RunConfig, head: bool) -> tuple[int, int | None]:
+    """Input features (or channels) and outputs of the model; ``None``: an embedding."""
     if config.task.family == "sinusoid":
         return 1, 1
     channels = 1 if config.task.family == "omniglot" else 3
-    return channels, config.task.ways
+    return channels, config.task.ways if head else None
 
 
-def _mlp(config: RunConfig, in_features: int, out_features: int) -> nn.Module:
+def _mlp(config: RunConfig, in_features: int, out_features: int | None) -> nn.Module:
+    if out_features is None:
+        raise ConfigError("model.kind=mlp needs a task family with outputs (e.g. sinusoid).")
     return MLP(
         in_features, config.model.hidden, out_features, config.model.activation, config.model.init
     )
 
 
-def _conv4(config: RunConfig, in_channels: int, ways: int) -> nn.Module:
+def _conv4(config: RunConfig, in_channels: int, ways: int | None) -> nn.Module:
     return Conv4(in_channels, ways=ways, image_size=config.data.image_size)
 
 
-MODELS: dict[str, Callable[[RunConfig, int, int], nn.Module]] = {"mlp": _mlp, "conv4": _conv4}
+MODELS: dict[str, Callable[[RunConfig, int, int | None], nn.Module]] = {
+    "mlp": _mlp,
+    "conv4": _conv4,
+}
 
 
 def _maml(config: RunConfig, model: nn.Module, problem: str) -> MetaLearner:
@@ -110,24 +117,59 @@ def _maml(config: RunConfig, model: nn.Module, problem: str) -> MetaLearner:
     )
 
 
-ALGORITHMS: dict[str, Callable[[RunConfig, nn.Module, str], MetaLearner]] = {"maml": _maml}
+def _protonet(config: RunConfig, model: nn.Module, problem: str) -> MetaLearner:
+    return ProtoNet(model, distance=config.algorithm.distance)
+
+
+def _matching(config: RunConfig, model: nn.Module, problem: str) -> MetaLearner:
+    embedding_dim = getattr(model, "embedding_size", None)
+    if embedding_dim is None:
+        raise ConfigError("algorithm.name=matching needs an embedding model (model.kind=conv4).")
+    return MatchingNet(
+        model,
+        embedding_dim=embedding_dim,
+        fce=config.algorithm.fce,
+        read_steps=config.algorithm.read_steps,
+    )
+
+
+@dataclass(frozen=True)
+class AlgorithmSpec:
+    """How to build an algorithm, what it solves, and whether its model ends in a head."""
+
+    build: Callable[[RunConfig, nn.Module, str], MetaLearner]
+    problems: tuple[str, ...]
+    head: bool
+
+
+ALGORITHMS: dict[str, AlgorithmSpec] = {
+    "maml": AlgorithmSpec(_maml, ("regression", "classification"), head=True),
+    "protonet": AlgorithmSpec(_protonet, ("classification",), head=False),
+    "matching": AlgorithmSpec(_matching, ("classification",), head=False),
+}
 
 
 def build_learner(config: RunConfig) -> MetaLearner:
     """The meta-learner with a freshly initialised model (seeded by ``train.seed``)."""
     family = _choose("task.family", config.task.family, TASK_FAMILIES)
-    if family.problem == "classification" and config.eval.ways != config.task.ways:
+    algorithm = _choose("algorithm.name", config.algorithm.name, ALGORITHMS)
+    if family.problem not in algorithm.problems:
+        raise ConfigError(
+            f"{config.algorithm.name} solves {' and '.join(algorithm.problems)} tasks, but "
+            f"task.family={config.task.family} is {family.problem}; choose another family."
+        )
+    ways_differ = config.eval.ways != config.task.ways
+    if algorithm.head and family.problem == "classification" and ways_differ:
         raise ConfigError(
             f"eval.ways ({config.eval.ways}) differs from task.ways ({config.task.ways}), but "
             f"{config.algorithm.name}'s classifier head has task.ways outputs; set them equal."
         )
     build_model = _choose("model.kind", config.model.kind, MODELS)
-    build_algorithm = _choose("algorithm.name", config.algorithm.name, ALGORITHMS)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.train.seed)
         try:
-            model = build_model(config, *_model_shape(config))
-            return build_algorithm(config, model, family.problem)
+            model = build_model(config, *_model_shape(config, algorithm.head))
+            return algorithm.build(config, model, family.problem)
         except ValueError as error:
             raise ConfigError(f"invalid configuration: {error}") from error
 

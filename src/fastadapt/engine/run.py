@@ -60,6 +60,9 @@ def train_run(
     schedule = TrainSchedule(
         steps=config.train.steps,
         meta_batch=config.train.meta_batch,
+        lr=config.train.lr,
+        lr_decay=config.train.lr_decay,
+        lr_decay_every=config.train.lr_decay_every,
         task_chunk=config.train.task_chunk,
         val_every=config.train.val_every,
         val_tasks=config.train.val_tasks,

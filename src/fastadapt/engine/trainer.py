@@ -31,10 +31,18 @@ from fastadapt.errors import ConfigError, NonFiniteLossError
 
 @dataclass(frozen=True)
 class TrainSchedule:
-    """How long to train and how often to log, validate and checkpoint (all in steps)."""
+    """How long to train and how often to log, validate and checkpoint (all in steps).
+
+    With ``lr_decay_every``, step ``s`` uses the learning rate
+    ``lr * lr_decay ** (s // lr_decay_every)`` (e.g. Prototypical Networks halve it every 2000
+    episodes); a pure function of the step, so resuming needs no scheduler state.
+    """
 
     steps: int
     meta_batch: int
+    lr: float = 1e-3
+    lr_decay: float = 1.0
+    lr_decay_every: int | None = None
     task_chunk: int | None = None
     val_every: int = 1000
     val_tasks: int = 100
@@ -166,6 +174,10 @@ class Trainer:
             (output.loss * weight).backward()
             for name, value in output.metrics.items():
                 totals[name] = totals.get(name, 0.0) + value * weight
+        if self.schedule.lr_decay_every is not None:
+            decays = step // self.schedule.lr_decay_every
+            for group in self.optimizer.param_groups:
+                group["lr"] = self.schedule.lr * self.schedule.lr_decay**decays
         self.optimizer.step()
         return totals
 

@@ -248,7 +248,7 @@ def test_training_maml_on_omniglot_episodes_end_to_end(real_root, tmp_path, caps
     out = tmp_path / "run"
     assert main(["train", "sinusoid-maml", *args, "--out", str(out), "--no-progress"]) == 0
     printed = capsys.readouterr().out
-    assert "family=omniglot, ways=5, shots=1" in printed and "accuracy@1" in printed
+    assert "family=omniglot, algorithm=maml, ways=5, shots=1" in printed and "accuracy@1" in printed
     mismatch = [*args, "--set", "eval.ways=20"]
     assert main(["train", "sinusoid-maml", *mismatch, "--out", str(tmp_path / "b")]) == 2
     assert "eval.ways (20) differs from task.ways (5)" in capsys.readouterr().err

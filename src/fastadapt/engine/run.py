@@ -36,6 +36,8 @@ RESUME_NEUTRAL = (
     "train.tensorboard",
 )
 RESUME_NEUTRAL_SECTIONS = ("eval.", "reference.")
+#: Algorithms with an inner loop, whose evaluation protocol includes its steps and rate.
+GRADIENT_BASED = ("maml",)
 
 
 def train_run(
@@ -143,16 +145,24 @@ def evaluate_run(
 def protocol(config: RunConfig) -> dict[str, Any]:
     """The evaluation protocol, printed beside every number and stored with it."""
     ways = {} if config.task.family == "sinusoid" else {"ways": config.eval.ways}
+    inner_loop = (
+        {
+            "inner_steps": config.eval.inner_steps,
+            "inner_lr": config.eval.inner_lr or config.algorithm.inner_lr,
+            "report_steps": config.eval.report_steps,
+        }
+        if config.algorithm.name in GRADIENT_BASED
+        else {}
+    )
     return {
         "split": "test",
         "family": config.task.family,
+        "algorithm": config.algorithm.name,
         **ways,
         "shots": config.eval.shots,
         "queries": config.eval.queries,
         "tasks": config.eval.tasks,
-        "inner_steps": config.eval.inner_steps,
-        "inner_lr": config.eval.inner_lr or config.algorithm.inner_lr,
-        "report_steps": config.eval.report_steps,
+        **inner_loop,
         "seed": config.eval.seed,
     }
 

@@ -130,6 +130,7 @@ def test_eval_appends_a_record_with_its_protocol(tmp_path):
     train_run(tiny_config(), out, progress=False)
     record = evaluate_run(out, overrides=["eval.tasks=12", "eval.shots=10"])
     assert record["protocol"]["tasks"] == 12 and record["protocol"]["shots"] == 10
+    assert record["reference"]["values"] == {}  # another protocol than the paper's
     assert record["metrics"]["mse@2"]["n"] == 12
     history = json.loads((out / "results.json").read_text())["evaluations"]
     assert len(history) == 2 and history[1] == json.loads(json.dumps(record))

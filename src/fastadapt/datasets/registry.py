@@ -6,6 +6,7 @@ Used by ``fastadapt datasets list | download | info`` (and, later, by presets th
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,10 +29,16 @@ class DatasetEntry:
     downloadable: bool
 
 
-def _omniglot(root: Path, split: str, download: bool) -> ClassSet:
+@functools.lru_cache(maxsize=4)
+def _omniglot_archives(root: Path, download: bool) -> Any:
+    """One ``Omniglot`` per folder: its archives are validated and hashed once, not per split."""
     from fastadapt.datasets.omniglot import Omniglot
 
-    return Omniglot(root, download=download).vinyals(split)
+    return Omniglot(root, download=download)
+
+
+def _omniglot(root: Path, split: str, download: bool) -> ClassSet:
+    return _omniglot_archives(root, download).vinyals(split)
 
 
 def _cifar_fs(root: Path, split: str, download: bool) -> ClassSet:

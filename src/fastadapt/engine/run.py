@@ -117,7 +117,8 @@ def evaluate_run(
     if checkpoint == "best" and not path.is_file():
         path = run_dir / "checkpoints" / "last.pt"
     state = load_checkpoint(path)
-    config = RunConfig.from_dict(state.config).override(overrides or [])
+    trained = RunConfig.from_dict(state.config)
+    config = trained.override(overrides or [])
     device = _device(config.train.device)
     learner = build_learner(config).to(device)
     learner.load_state_dict(state.learner)
@@ -130,7 +131,6 @@ def evaluate_run(
         device,
     )
     reference = config.to_dict()["reference"]
-    trained = RunConfig.from_dict(state.config)
     if (config.eval.ways, config.eval.shots) != (trained.eval.ways, trained.eval.shots):
         reference["values"] = {}  # the paper's numbers belong to the preset's own protocol
     record = {

@@ -2,6 +2,8 @@
 
 from fastadapt.algorithms.base import LossOutput, MetaLearner, Predictor
 from fastadapt.algorithms.maml import MAML
+from fastadapt.algorithms.matching import MatchingNet
+from fastadapt.algorithms.protonet import ProtoNet
 from fastadapt.config import RunConfig, list_presets, load_preset
 from fastadapt.engine.evaluate import Estimate, evaluate
 from fastadapt.errors import (
@@ -11,6 +13,7 @@ from fastadapt.errors import (
     NonFiniteLossError,
     RunDirectoryError,
 )
+from fastadapt.nn.conv4 import Conv4
 from fastadapt.nn.mlp import MLP
 from fastadapt.tasks.sinusoid import SinusoidTasks
 from fastadapt.tasks.task import Task, TaskBatch
@@ -22,12 +25,15 @@ __all__ = [
     "MLP",
     "CheckpointError",
     "ConfigError",
+    "Conv4",
     "Estimate",
     "FastAdaptError",
     "LossOutput",
+    "MatchingNet",
     "MetaLearner",
     "NonFiniteLossError",
     "Predictor",
+    "ProtoNet",
     "RunConfig",
     "RunDirectoryError",
     "SinusoidTasks",

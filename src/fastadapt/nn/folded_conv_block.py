@@ -1,0 +1,109 @@
+"""A narrow-input convolution block with BatchNorm folded in from the input's patch statistics.
+
+Computes ``relu(max_pool2d(batch_norm(conv2d(x, w, b, padding), training=True), 2))``, the
+first block of Conv-4 on grayscale or RGB images, without normalising the full-resolution
+feature maps in a separate pass, forward or backward.
+
+**BatchNorm from patch moments.** A convolution is linear in its input patches: with ``u`` the
+unfolded patch at one position (``K = C_in·k_h·k_w`` pixels), output channel ``o`` is
+``y_o = w_o·u + b_o``. Over the batch and all positions (``M`` patches) its mean and biased
+variance, the statistics BatchNorm normalises with in training mode (Ioffe & Szegedy 2015,
+Algorithm 1), are
+
+    μ_o  = w_o·ū + b_o,        σ²_o = w_oᵀ Σ w_o,
+
+with ``ū`` the mean patch and ``Σ`` the ``K x K`` patch covariance. BatchNorm of the
+convolution is therefore itself a convolution, with folded weights and bias
+
+    BN(conv(x))_o = γ_o (y_o − μ_o) / √(σ²_o + ε) + β_o = (s_o w_o)·u + β_o + s_o (b_o − μ_o),
+    s_o = γ_o / √(σ²_o + ε),
+
+and autograd differentiates the folded weights through ``Σ`` and ``ū`` (``K x K`` and ``K``)
+instead of running BatchNorm's backward over ``C_out`` full-resolution maps. The statistics
+cost ``M·K²``: cheap for narrow inputs (``K = 9`` for a grayscale 3x3 convolution, ``27`` for
+RGB), dearer than BatchNorm for wide ones, hence :data:`MAX_PATCH_SIZE`.
+
+The folded convolution is written channels-last (oneDNN's fastest layout for it and for the
+max-pool that follows); the ReLU comes after the pool (``relu ∘ max = max ∘ relu``), on a
+quarter of the values.
+
+The output equals the plain block up to rounding (tested to float64 precision, first- and
+second-order gradients included) and is channels-last.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+MAX_PATCH_SIZE = 27
+"""The largest patch size ``C_in·k_h·k_w`` for which the folded form is used (3x3 RGB)."""
+
+
+def folded_conv_bn_pool_relu(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    bn_weight: torch.Tensor | None,
+    bn_bias: torch.Tensor | None,
+    *,
+    eps: float,
+    padding: int,
+) -> torch.Tensor:
+    """``relu(max_pool2d(batch_norm(conv2d(x, weight, bias, padding=padding)), 2))`` (module doc).
+
+    Args:
+        x: input ``[N, C_in, H, W]``.
+        weight, bias: the convolution's (stride 1, no dilation, no groups). ``bias`` shifts
+            ``y`` and ``μ`` alike, so it cancels; it stays in the graph (its gradient is zero
+            up to rounding, as through BatchNorm), so it counts as used.
+        bn_weight, bn_bias: BatchNorm's affine ``γ`` and ``β`` (``None``: 1 and 0).
+        eps: BatchNorm's ε.
+        padding: the convolution's zero padding (patches include the padded zeros, as the
+            convolution's do).
+
+    Returns ``[N, C_out, H' // 2, W' // 2]`` (``H'``, ``W'``: the convolution's output size),
+    channels-last.
+    """
+    out_channels, kernel = weight.shape[0], weight.shape[2:]
+    patches = F.unfold(x, kernel, padding=padding)  # [N, K, H'·W']
+    size = patches.shape[1]
+    matrix, shift = _fold_batchnorm(
+        patches.transpose(0, 1).reshape(size, -1), weight.reshape(out_channels, size), bias,
+        bn_weight, bn_bias, eps,
+    )  # fmt: skip
+    # Written channels-last: with a one-channel input both layouts look alike to the
+    # convolution, and the weight's layout then picks the output's.
+    folded = torch.empty_like(weight, memory_format=torch.channels_last)
+    folded = folded.copy_(matrix.view_as(weight))
+    return F.max_pool2d(F.conv2d(x, folded, shift, padding=padding), 2).relu()
+
+
+def _fold_batchnorm(
+    patches: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    bn_weight: torch.Tensor | None,
+    bn_bias: torch.Tensor | None,
+    eps: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Folded weights ``s_o w_o`` ``[C_out, K]`` and bias ``β_o + s_o (b_o − μ_o)`` ``[C_out]``
+    of BatchNorm after the convolution ``weight`` ``[C_out, K]``, from ``patches`` ``[K, M]``."""
+    mean = patches.mean(dim=1, keepdim=True)
+    centred = patches - mean
+    # The K x K and C_out-sized algebra runs in float64: it is tiny, and it keeps the folded
+    # weights as accurate as BatchNorm's own float32 statistics over M values.
+    covariance = (centred @ centred.T).double() / centred.shape[1]  # Σ
+    w = weight.double()
+    variance = ((w @ covariance) * w).sum(dim=1)  # σ²_o = w_oᵀ Σ w_o
+    gamma = bn_weight.double() if bn_weight is not None else torch.ones_like(variance)
+    scale = gamma / torch.sqrt(variance + eps)  # s_o
+    mean_out = w @ mean.squeeze(1).double()  # μ_o = w_o·ū + b_o
+    if bias is not None:
+        mean_out = mean_out + bias.double()
+    shift = -scale * mean_out
+    if bias is not None:
+        shift = shift + scale * bias.double()
+    if bn_bias is not None:
+        shift = shift + bn_bias.double()
+    return weight * scale.to(weight.dtype).unsqueeze(1), shift.to(weight.dtype)

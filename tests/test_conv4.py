@@ -1,0 +1,101 @@
+"""Conv-4 computes the plain ``conv → BatchNorm → ReLU → max-pool`` stack, gradients included."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fastadapt.nn.conv4 import Conv4, ConvBlock
+from fastadapt.nn.folded_conv_block import folded_conv_bn_pool_relu
+
+
+def _plain_block(block: ConvBlock) -> nn.Sequential:
+    """The textbook block with ``block``'s parameters, in the textbook order."""
+    conv = block[0]
+    plain = nn.Sequential(
+        nn.Conv2d(conv.in_channels, conv.out_channels, 3, padding=1),
+        nn.BatchNorm2d(conv.out_channels, track_running_stats=False),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+    ).double()
+    plain.load_state_dict(block.state_dict())
+    return plain
+
+
+def _randomise_affine(model: nn.Module) -> None:
+    """BatchNorm's γ and β away from 1 and 0, negative γ included, so every term matters."""
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, nn.BatchNorm2d):
+                module.weight.normal_()
+                module.bias.normal_()
+
+
+@pytest.mark.parametrize("in_channels", [1, 3, 4])
+def test_block_equals_textbook_block_with_second_order_gradients(in_channels: int) -> None:
+    torch.manual_seed(in_channels)
+    block = ConvBlock(in_channels, 6).double()
+    _randomise_affine(block)
+    assert block.folds_batchnorm == (in_channels * 9 <= 27)
+    plain = _plain_block(block)
+    x = torch.rand(5, in_channels, 10, 10, dtype=torch.float64)
+    target = torch.randn(5, 6, 5, 5, dtype=torch.float64)
+
+    def outputs_and_second_order(model: nn.Module) -> list[torch.Tensor]:
+        out = model(x)
+        loss = ((out - target) ** 2).sum()
+        grads = torch.autograd.grad(loss, list(model.parameters()), create_graph=True)
+        # A MAML-style second-order quantity: the gradient of the squared gradient norm.
+        penalty = sum((g**2).sum() for g in grads)
+        second = torch.autograd.grad(penalty, list(model.parameters()))
+        return [out, *grads, *second]
+
+    # The convolution's bias cancels in BatchNorm: its gradients are rounding noise (~1e-8 of
+    # a loss of this size) in both, hence the absolute tolerance.
+    for ours, reference in zip(
+        outputs_and_second_order(block), outputs_and_second_order(plain), strict=True
+    ):
+        torch.testing.assert_close(ours, reference, rtol=1e-8, atol=1e-6)
+
+
+@pytest.mark.parametrize("side", [9, 12])
+def test_folded_block_matches_the_plain_composition(side: int) -> None:
+    torch.manual_seed(side)
+    x = torch.rand(4, 2, side, side, dtype=torch.float64)
+    weight = torch.randn(7, 2, 3, 3, dtype=torch.float64)
+    bias, gamma, beta = (torch.randn(7, dtype=torch.float64) for _ in range(3))
+    folded = folded_conv_bn_pool_relu(x, weight, bias, gamma, beta, eps=1e-5, padding=1)
+    normalised = F.batch_norm(
+        F.conv2d(x, weight, bias, padding=1), None, None, gamma, beta, training=True, eps=1e-5
+    )
+    torch.testing.assert_close(folded, F.max_pool2d(normalised, 2).relu(), rtol=1e-10, atol=1e-10)
+    assert folded.is_contiguous(memory_format=torch.channels_last)
+    plain = F.batch_norm(F.conv2d(x, weight, padding=1), None, None, training=True, eps=1e-5)
+    no_affine = folded_conv_bn_pool_relu(x, weight, None, None, None, eps=1e-5, padding=1)
+    torch.testing.assert_close(no_affine, F.max_pool2d(plain, 2).relu(), rtol=1e-10, atol=1e-10)
+
+
+def test_conv4_equals_textbook_stack_in_float32_and_float64() -> None:
+    torch.manual_seed(1)
+    model = Conv4(1, hidden=8, ways=5)
+    _randomise_affine(model)
+    plain = nn.Sequential(*[_plain_block(model[i]) for i in range(4)], nn.Flatten())
+    plain.append(nn.Linear(8, 5).double())
+    plain[-1].load_state_dict(model[-1].state_dict())
+    x = torch.rand(10, 1, 28, 28)
+    torch.testing.assert_close(model.double()(x.double()), plain(x.double()), rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(model.float()(x), plain.float()(x), rtol=1e-4, atol=1e-4)
+
+
+def test_state_dict_names_are_those_of_the_textbook_stack() -> None:
+    names = set(Conv4(1, hidden=4).state_dict())
+    expected = {f"{b}.{m}.{p}" for b in range(4) for m in (0, 1) for p in ("weight", "bias")}
+    assert names == expected
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 28, 28), (2, 1, 32, 32), (1, 28, 28)])
+def test_wrong_input_shape_names_expected_and_given(shape: tuple[int, ...]) -> None:
+    with pytest.raises(ValueError, match=r"expects images \[n, 1, 28, 28\].*got a tensor of shape"):
+        Conv4(1)(torch.zeros(shape))

@@ -79,7 +79,6 @@ class BatchMetaDataLoader:
         self.shuffle = bool(shuffle)
         self.num_workers = int(num_workers)
         self.pin_memory = bool(pin_memory)
-        self.drop_last = bool(drop_last)
         self._next_step = 0
 
     def __iter__(self) -> Iterator[MetaBatch]:

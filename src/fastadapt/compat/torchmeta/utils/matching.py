@@ -48,7 +48,7 @@ def matching_log_probas(
     check_targets("targets", targets, embeddings, num_classes, every=True)
     support = F.normalize(embeddings, dim=-1, eps=eps)
     queries = F.normalize(test_embeddings, dim=-1, eps=eps)
-    return _MATCHING._logits(support, targets, queries).transpose(1, 2)
+    return _MATCHING._logits(support, targets.long(), queries).transpose(1, 2)
 
 
 def matching_probas(

@@ -4,6 +4,7 @@ give the numbers of the native API on the same episodes; bad input gets a clear 
 from __future__ import annotations
 
 import dataclasses
+import itertools
 from pathlib import Path
 
 import numpy as np
@@ -120,7 +121,7 @@ def test_batch_dicts_have_torchmeta_shapes_and_the_native_episodes(folder):
     dataset = cifar_fs(folder, shots=2, ways=WAYS, test_shots=3, seed=7, meta_train=True)
     loader = BatchMetaDataLoader(dataset, batch_size=4, shuffle=False)
     native = TaskLoader(FewShotSampler(native_cifar_fs(folder), WAYS, 2, 3, seed=7), 4)
-    for batch, expected in zip(loader, native):
+    for batch, expected in itertools.islice(zip(loader, native), 2):
         assert list(batch) == ["train", "test"]
         (train_x, train_y), (test_x, test_y) = batch["train"], batch["test"]
         assert train_x.shape == (4, WAYS * 2, 3, 32, 32) and train_y.shape == (4, WAYS * 2)
@@ -131,7 +132,6 @@ def test_batch_dicts_have_torchmeta_shapes_and_the_native_episodes(folder):
             (expected.support_x, expected.support_y, expected.query_x, expected.query_y),
         ):
             assert torch.equal(got, want)
-        break
 
 
 def test_shuffle_continues_the_stream_and_no_shuffle_repeats_it(folder):
@@ -149,10 +149,9 @@ def test_worker_processes_give_the_same_batches(folder):
     dataset = cifar_fs(folder, shots=1, ways=WAYS, seed=4, shuffle=False, meta_train=True)
     in_process = BatchMetaDataLoader(dataset, batch_size=2, shuffle=False)
     in_worker = BatchMetaDataLoader(dataset, batch_size=2, shuffle=False, num_workers=1)
-    for want, got in zip(in_process, in_worker):
+    for want, got in itertools.islice(zip(in_process, in_worker), 2):
         assert torch.equal(got["train"][0], want["train"][0])
         assert torch.equal(got["test"][1], want["test"][1])
-        break
 
 
 def test_shuffle_false_takes_the_first_examples_of_each_class(folder):

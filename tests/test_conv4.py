@@ -99,3 +99,26 @@ def test_state_dict_names_are_those_of_the_textbook_stack() -> None:
 def test_wrong_input_shape_names_expected_and_given(shape: tuple[int, ...]) -> None:
     with pytest.raises(ValueError, match=r"expects images \[n, 1, 28, 28\].*got a tensor of shape"):
         Conv4(1)(torch.zeros(shape))
+
+
+def test_conv4_trains_in_protonet_and_loss_falls() -> None:
+    """A few Adam steps of ProtoNet on one fixed generated episode lower its loss."""
+    from fastadapt import ProtoNet, TaskBatch
+
+    torch.manual_seed(0)
+    images = torch.rand(1, 20, 1, 28, 28)
+    labels = torch.arange(4).repeat_interleave(5).unsqueeze(0)
+    support = images[:, ::5], labels[:, ::5]
+    keep = torch.ones(20, dtype=torch.bool)
+    keep[::5] = False
+    batch = TaskBatch(*support, images[:, keep], labels[:, keep])
+    learner = ProtoNet(Conv4(1, hidden=16))
+    optimizer = torch.optim.Adam(learner.parameters(), lr=1e-2)
+    losses = []
+    for _ in range(15):
+        optimizer.zero_grad()
+        loss = learner.meta_loss(batch).loss
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.5 * losses[0]

@@ -15,6 +15,7 @@ from fastadapt.errors import (
 )
 from fastadapt.nn.conv4 import Conv4
 from fastadapt.nn.mlp import MLP
+from fastadapt.nn.resnet12 import ResNet12
 from fastadapt.tasks.sinusoid import SinusoidTasks
 from fastadapt.tasks.task import Task, TaskBatch
 
@@ -34,6 +35,7 @@ __all__ = [
     "NonFiniteLossError",
     "Predictor",
     "ProtoNet",
+    "ResNet12",
     "RunConfig",
     "RunDirectoryError",
     "SinusoidTasks",

@@ -22,6 +22,7 @@ from fastadapt.datasets.registry import DATASETS, dataset_root
 from fastadapt.errors import ConfigError
 from fastadapt.nn.conv4 import Conv4
 from fastadapt.nn.mlp import MLP
+from fastadapt.nn.resnet12 import ResNet12
 from fastadapt.tasks.sampler import FewShotSampler
 from fastadapt.tasks.sinusoid import SinusoidTasks
 from fastadapt.tasks.task import TaskBatch
@@ -93,9 +94,14 @@ def _conv4(config: RunConfig, in_channels: int, ways: int | None) -> nn.Module:
     return Conv4(in_channels, ways=ways, image_size=config.data.image_size)
 
 
+def _resnet12(config: RunConfig, in_channels: int, ways: int | None) -> nn.Module:
+    return ResNet12(in_channels, image_size=config.data.image_size, ways=ways)
+
+
 MODELS: dict[str, Callable[[RunConfig, int, int | None], nn.Module]] = {
     "mlp": _mlp,
     "conv4": _conv4,
+    "resnet12": _resnet12,
 }
 
 
@@ -124,7 +130,9 @@ def _protonet(config: RunConfig, model: nn.Module, problem: str) -> MetaLearner:
 def _matching(config: RunConfig, model: nn.Module, problem: str) -> MetaLearner:
     embedding_dim = getattr(model, "embedding_size", None)
     if embedding_dim is None:
-        raise ConfigError("algorithm.name=matching needs an embedding model (model.kind=conv4).")
+        raise ConfigError(
+            "algorithm.name=matching needs an embedding model (model.kind=conv4 or resnet12)."
+        )
     return MatchingNet(
         model,
         embedding_dim=embedding_dim,

@@ -62,6 +62,11 @@ class EpisodeDataset:
         return self.sampler.ways
 
     @property
+    def num_classes_per_task(self) -> int:
+        """torchmeta's name for :attr:`ways` (its ProtoNet example sizes the prototypes by it)."""
+        return self.ways
+
+    @property
     def shots(self) -> int:
         """``train`` examples per class."""
         return self.sampler.shots

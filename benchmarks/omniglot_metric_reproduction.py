@@ -118,11 +118,16 @@ def _run_setting(name: str, setting: _Setting, args: argparse.Namespace) -> list
                 "queries_per_class": result["protocol"]["queries"],
                 "training_episodes": config["train"]["steps"],
                 "best_step": record["best"]["step"] if record.get("best") else None,
-                "train_hours": record["train_seconds"] / 3600,
+                "train_hours": _hours(record.get("train_seconds")),
                 "run_dir": str(run_dir),
             }
         )
     return rows
+
+
+def _hours(seconds: float | None) -> float | None:
+    """Training wall time in hours; None where a resumed run's earlier sessions are unknown."""
+    return None if seconds is None else seconds / 3600
 
 
 def _table(rows: list[dict[str, Any]]) -> str:
@@ -135,9 +140,13 @@ def _table(rows: list[dict[str, Any]]) -> str:
         lines.append(
             f"| {row['setting']} | {row['protocol']} | {row['paper']:.1f} "
             f"| {row['ours']:.2f} ± {row['ci95']:.2f} | {row['ours'] - row['paper']:+.2f} "
-            f"| {row['training_episodes']} ({row['best_step']}) | {row['train_hours']:.2f} h |"
+            f"| {row['training_episodes']} ({row['best_step']}) | {_hours_text(row)} |"
         )
     return "\n".join(lines)
+
+
+def _hours_text(row: dict[str, Any]) -> str:
+    return "unknown" if row["train_hours"] is None else f"{row['train_hours']:.2f} h"
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -70,8 +70,13 @@ def test_resume_may_extend_training_but_not_change_it(tmp_path):
     train_run(tiny_config(), out, progress=False)
     with pytest.raises(ConfigError, match=r"algorithm\.inner_lr"):
         train_run(tiny_config("algorithm.inner_lr=0.02"), out, resume=True, progress=False)
-    train_run(tiny_config("train.steps=8"), out, resume=True, progress=False)
-    assert load_checkpoint(out / "checkpoints" / "last.pt").step == 8
+    first = load_checkpoint(out / "checkpoints" / "last.pt").train_seconds
+    record = train_run(tiny_config("train.steps=8"), out, resume=True, progress=False)
+    last = load_checkpoint(out / "checkpoints" / "last.pt")
+    assert last.step == 8
+    # The wall time counts both sessions: the first one's six steps and the resumed two.
+    assert 0 < first < last.train_seconds
+    assert record["train_seconds"] >= first + record["train_seconds_this_session"] - 1e-6
 
 
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):

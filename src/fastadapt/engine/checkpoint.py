@@ -30,6 +30,9 @@ class Checkpoint:
     optimizer: dict[str, Any]
     best: dict[str, Any]
     rng: dict[str, Any]
+    train_seconds: float | None = None
+    """Wall time spent training up to ``step``, summed over resumed sessions (validation
+    included); ``None`` where an earlier checkpoint of the run did not record it."""
 
 
 def capture_rng_state() -> dict[str, Any]:

@@ -85,7 +85,12 @@ def train_run(
         progress,
     )
     summary = trainer.fit(checkpoint)
-    return evaluate_run(out, extra={"train_seconds": summary.seconds, "best": summary.best})
+    extra = {
+        "train_seconds": summary.total_seconds,
+        "train_seconds_this_session": summary.seconds,
+        "best": summary.best,
+    }
+    return evaluate_run(out, extra=extra)
 
 
 def evaluate_run(

@@ -54,8 +54,13 @@ class TrainSchedule:
 
 @dataclass
 class TrainSummary:
+    """How a call to :meth:`Trainer.fit` ended: the step reached, this call's wall time, the
+    run's total training wall time over all its sessions (None if an earlier session's
+    checkpoint did not record it) and the best validation score."""
+
     steps: int
     seconds: float
+    total_seconds: float | None
     best: dict[str, Any]
 
 
@@ -84,6 +89,8 @@ class Trainer:
         self.schedule, self.run_dir, self.config = schedule, run_dir, config
         self.device, self.progress = device, progress
         self.headline, self.higher_is_better = learner.headline_metric
+        self._seconds_before: float | None = 0.0  # training time of earlier sessions
+        self._started = time.perf_counter()
 
     @property
     def last_path(self) -> Path:
@@ -96,14 +103,16 @@ class Trainer:
     def fit(self, resume_from: Checkpoint | None = None) -> TrainSummary:
         """Train to ``schedule.steps``, starting fresh or from a checkpoint of this run."""
         step, best = 0, {"metric": self.headline, "value": None, "step": None}
+        self._seconds_before = 0.0
         if resume_from is not None:
+            self._seconds_before = resume_from.train_seconds
             self.learner.load_state_dict(resume_from.learner)
             self.optimizer.load_state_dict(resume_from.optimizer)
             restore_rng_state(resume_from.rng)
             step, best = resume_from.step, dict(resume_from.best)
         log = MetricsLog(self.run_dir / "metrics.csv", resume_step=step if resume_from else None)
         board = self._tensorboard(step) if self.schedule.tensorboard else None
-        started = time.perf_counter()
+        self._started = started = time.perf_counter()
         bar = tqdm(
             total=self.schedule.steps,
             initial=step,
@@ -142,7 +151,7 @@ class Trainer:
             log.flush()
             if board is not None:
                 board.close()
-        return TrainSummary(step, time.perf_counter() - started, best)
+        return TrainSummary(step, time.perf_counter() - started, self._total_seconds(), best)
 
     def _tensorboard(self, start_step: int) -> Any:
         try:
@@ -215,4 +224,11 @@ class Trainer:
             optimizer=self.optimizer.state_dict(),
             best=best,
             rng=capture_rng_state(),
+            train_seconds=self._total_seconds(),
         )
+
+    def _total_seconds(self) -> float | None:
+        """Training wall time of the run so far, over every session (None if unknown)."""
+        if self._seconds_before is None:
+            return None
+        return self._seconds_before + time.perf_counter() - self._started

@@ -1,13 +1,15 @@
-"""The ``fastadapt`` command line: ``presets``, ``train``, ``eval``, ``plot``, ``datasets``.
+"""The ``fastadapt`` command line: ``presets``, ``train``, ``eval``, ``plot``, ``adapt``,
+``export``, ``datasets``.
 
-Every error fastadapt raises on purpose is printed as one message on stderr with exit code 2;
-nothing of an earlier run is overwritten.
+Every error fastadapt raises on purpose is printed as one message on stderr with exit code 2,
+every warning as one line on stderr; nothing of an earlier run is overwritten.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -17,13 +19,22 @@ from fastadapt.datasets.registry import DATASETS, dataset_info, dataset_root, do
 from fastadapt.engine.plots import plot_learning_curves
 from fastadapt.engine.run import evaluate_run, train_run
 from fastadapt.errors import FastAdaptError
+from fastadapt.inference.adapt_folder import (
+    FolderPredictions,
+    adapt_folder,
+    write_predictions_csv,
+)
+from fastadapt.inference.export import export_model
+from fastadapt.inference.load import load
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     try:
-        return args.handler(args)
+        with warnings.catch_warnings():
+            warnings.showwarning = _show_warning
+            return args.handler(args)
     except FastAdaptError as error:
         print(f"fastadapt: error: {error}", file=sys.stderr)
         return 2
@@ -96,6 +107,50 @@ def _parser() -> argparse.ArgumentParser:
     plot.add_argument("--out", type=Path, help="PNG file (default: RUN_DIR/curves.png)")
     plot.set_defaults(handler=_plot)
 
+    adapt = verbs.add_parser(
+        "adapt",
+        help="adapt a trained model to your labelled images and classify new ones",
+        description="Adapt a trained model (run or export folder) to the classes of "
+        "--support (one folder of images per class) and classify the images of --query (a "
+        "folder of images, or one folder per class, then accuracy is printed too). Images are "
+        "preprocessed exactly as in training.",
+    )
+    adapt.add_argument("run", type=Path, metavar="RUN", help="a run folder or an export folder")
+    adapt.add_argument(
+        "--support", type=Path, required=True, metavar="DIR", help="DIR/<class name>/<images>"
+    )
+    adapt.add_argument(
+        "--query", type=Path, required=True, metavar="DIR", help="images to classify"
+    )
+    adapt.add_argument(
+        "--out",
+        type=Path,
+        default=Path("predictions.csv"),
+        help="CSV of the predictions (default: predictions.csv)",
+    )
+    adapt.add_argument(
+        "--skip-bad",
+        action="store_true",
+        help="leave out images that cannot be decoded (each is named) instead of stopping",
+    )
+    adapt.add_argument(
+        "--checkpoint", choices=("best", "last"), default="best", help="which checkpoint of a run"
+    )
+    adapt.set_defaults(handler=_adapt)
+
+    export = verbs.add_parser(
+        "export",
+        help="write a run's model as safetensors weights plus a JSON config",
+        description="Write a run's model to a new folder: model.safetensors and fastadapt.json, "
+        "which fastadapt.load() and `fastadapt adapt` read without the run's checkpoints.",
+    )
+    export.add_argument("run", type=Path, metavar="RUN", help="a run folder")
+    export.add_argument("--out", type=Path, required=True, help="a new or empty folder")
+    export.add_argument(
+        "--checkpoint", choices=("best", "last"), default="best", help="which checkpoint"
+    )
+    export.set_defaults(handler=_export)
+
     datasets = verbs.add_parser(
         "datasets",
         help="list, download and inspect datasets",
@@ -154,6 +209,25 @@ def _plot(args: argparse.Namespace) -> int:
     return 0
 
 
+def _adapt(args: argparse.Namespace) -> int:
+    model = load(args.run, checkpoint=args.checkpoint)
+    result = adapt_folder(model, args.support, args.query, skip_bad=args.skip_bad)
+    shots = ", ".join(f"{c} ({n})" for c, n in zip(result.classes, result.shots))
+    print(f"model: {model.config.algorithm.name} {model.config.model.kind}, {model.source}")
+    print(f"preprocessing: {model.image_preprocessing.describe()}")
+    print(f"support: {len(result.classes)} classes, images per class: {shots}")
+    _print_predictions(result)
+    write_predictions_csv(result, args.out)
+    print(f"predictions: {args.out}")
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    manifest = export_model(load(args.run, checkpoint=args.checkpoint), args.out)
+    print(f"exported to {args.out} ({manifest.name}, model.safetensors)")
+    return 0
+
+
 def _datasets_list(args: argparse.Namespace) -> int:
     for name, entry in DATASETS.items():
         print(
@@ -177,6 +251,34 @@ def _datasets_info(args: argparse.Namespace) -> int:
     for entry in info["cache"]:
         print(f"  cache {entry['key']}: {entry['bytes'] / 2**20:.1f} MiB in {entry['path']}")
     return 0
+
+
+def _print_predictions(result: FolderPredictions) -> None:
+    labelled = result.accuracy is not None
+    header = ["file", "predicted class", "probability", *(["true class"] if labelled else [])]
+    rows = [
+        [p.file, p.predicted, f"{p.probability:.3f}", *([p.true_class or ""] if labelled else [])]
+        for p in result.predictions
+    ]
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
+    for row in [header, *rows]:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
+    if result.skipped:
+        print(f"skipped {len(result.skipped)} unreadable image(s)")
+    if result.accuracy is not None:
+        right = sum(p.predicted == p.true_class for p in result.predictions)
+        print(f"accuracy: {result.accuracy:.4f} ({right} of {len(result.predictions)})")
+
+
+def _show_warning(
+    message: Warning | str,
+    category: type[Warning],
+    filename: str,
+    lineno: int,
+    file: Any = None,
+    line: str | None = None,
+) -> None:
+    print(f"fastadapt: warning: {message}", file=sys.stderr)
 
 
 def _print_record(record: dict[str, Any]) -> None:

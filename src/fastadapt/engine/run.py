@@ -106,16 +106,7 @@ def evaluate_run(
                 f"`fastadapt eval` only accepts eval.* settings, got {assignment!r}; the other "
                 "settings are fixed by the trained run (train a new run to change them)."
             )
-    if checkpoint not in ("best", "last"):
-        raise ConfigError(f"checkpoint must be 'best' or 'last', got {checkpoint!r}.")
-    if not (run_dir / "checkpoints").is_dir():
-        raise RunDirectoryError(
-            f"{run_dir} holds no trained run (no checkpoints/ folder); pass the --out folder "
-            "of a `fastadapt train` run."
-        )
-    path = run_dir / "checkpoints" / f"{checkpoint}.pt"
-    if checkpoint == "best" and not path.is_file():
-        path = run_dir / "checkpoints" / "last.pt"
+    path = checkpoint_path(run_dir, checkpoint)
     state = load_checkpoint(path)
     trained = RunConfig.from_dict(state.config)
     config = trained.override(overrides or [])
@@ -144,6 +135,26 @@ def evaluate_run(
     }
     _append_result(run_dir / "results.json", record)
     return record
+
+
+def checkpoint_path(run_dir: Path, checkpoint: str = "best") -> Path:
+    """The checkpoint file of a run: ``best.pt`` (else ``last.pt``) for "best", or ``last.pt``.
+
+    Raises:
+        ConfigError: ``checkpoint`` is neither "best" nor "last".
+        RunDirectoryError: ``run_dir`` has no ``checkpoints/`` folder.
+    """
+    if checkpoint not in ("best", "last"):
+        raise ConfigError(f"checkpoint must be 'best' or 'last', got {checkpoint!r}.")
+    if not (run_dir / "checkpoints").is_dir():
+        raise RunDirectoryError(
+            f"{run_dir} holds no trained run (no checkpoints/ folder); pass the --out folder "
+            "of a `fastadapt train` run."
+        )
+    path = run_dir / "checkpoints" / f"{checkpoint}.pt"
+    if checkpoint == "best" and not path.is_file():
+        path = run_dir / "checkpoints" / "last.pt"
+    return path
 
 
 def protocol(config: RunConfig) -> dict[str, Any]:

@@ -1,5 +1,5 @@
-"""The ``fastadapt`` command line: ``presets``, ``train``, ``eval``, ``plot``, ``adapt``,
-``export``, ``datasets``.
+"""The ``fastadapt`` command line: ``presets``, ``train``, ``eval``, ``plot``, ``report``,
+``adapt``, ``export``, ``datasets``.
 
 Every error fastadapt raises on purpose is printed as one message on stderr with exit code 2,
 every warning as one line on stderr; nothing of an earlier run is overwritten.
@@ -17,6 +17,7 @@ from typing import Any
 from fastadapt.config import list_presets, load_preset
 from fastadapt.datasets.registry import DATASETS, dataset_info, dataset_root, download_dataset
 from fastadapt.engine.plots import plot_learning_curves
+from fastadapt.engine.report import report_table, write_report
 from fastadapt.engine.run import evaluate_run, train_run
 from fastadapt.errors import FastAdaptError
 from fastadapt.inference.adapt_folder import (
@@ -75,6 +76,11 @@ def _parser() -> argparse.ArgumentParser:
         help="continue the run in --out from its last checkpoint, bit-exactly",
     )
     train.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    train.add_argument(
+        "--plots",
+        action="store_true",
+        help="redraw RUN/curves.png whenever metrics are written (needs the plots extra)",
+    )
     train.set_defaults(handler=_train)
 
     evaluate = verbs.add_parser(
@@ -106,6 +112,22 @@ def _parser() -> argparse.ArgumentParser:
     plot.add_argument("run_dir", type=Path, metavar="RUN_DIR")
     plot.add_argument("--out", type=Path, help="PNG file (default: RUN_DIR/curves.png)")
     plot.set_defaults(handler=_plot)
+
+    report = verbs.add_parser(
+        "report",
+        help="one markdown table of many runs' results, with their learning curves",
+        description="Gather the results.json of runs into one markdown table (preset, "
+        "algorithm, dataset, ways, shots, ours ± 95%% CI, paper, wall time) and draw each "
+        "run's learning curves beside it (needs the plots extra unless --no-curves).",
+    )
+    report.add_argument("run_dirs", type=Path, nargs="+", metavar="RUN_DIR")
+    report.add_argument(
+        "--out", type=Path, default=Path("report.md"), help="markdown file (default: report.md)"
+    )
+    report.add_argument(
+        "--no-curves", action="store_true", help="write the table only, without PNG curves"
+    )
+    report.set_defaults(handler=_report)
 
     adapt = verbs.add_parser(
         "adapt",
@@ -189,7 +211,9 @@ def _presets(args: argparse.Namespace) -> int:
 def _train(args: argparse.Namespace) -> int:
     config = load_preset(args.preset).override(args.overrides)
     out = args.out or Path("runs") / args.preset
-    record = train_run(config, out, resume=args.resume, progress=not args.no_progress)
+    record = train_run(
+        config, out, resume=args.resume, progress=not args.no_progress, plots=args.plots
+    )
     print(f"run folder: {out}")
     _print_record(record)
     return 0
@@ -206,6 +230,13 @@ def _eval(args: argparse.Namespace) -> int:
 
 def _plot(args: argparse.Namespace) -> int:
     print(plot_learning_curves(args.run_dir, args.out))
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    written = write_report(args.run_dirs, args.out, curves=not args.no_curves)
+    print(report_table(args.run_dirs), end="")
+    print(f"report: {written[0]}" + (f" ({len(written) - 1} PNG curves)" if written[1:] else ""))
     return 0
 
 

@@ -4,6 +4,7 @@ Layout of a run folder::
 
     config.json            the resolved configuration
     metrics.csv            training and validation metrics per logged step
+    curves.png             the learning curves (``fastadapt train --plots``, ``fastadapt plot``)
     tensorboard/           the same metrics as TensorBoard events (train.tensorboard=true)
     checkpoints/last.pt    the latest state (resume from here)
     checkpoints/best.pt    the state with the best validation score
@@ -23,6 +24,7 @@ from fastadapt.config import RunConfig, flatten
 from fastadapt.engine.build import build_learner, build_optimizer, build_task_family
 from fastadapt.engine.checkpoint import load_checkpoint
 from fastadapt.engine.evaluate import estimates_to_json, evaluate
+from fastadapt.engine.plots import load_pyplot, plot_learning_curves
 from fastadapt.engine.trainer import Trainer, TrainSchedule
 from fastadapt.errors import ConfigError, RunDirectoryError
 from fastadapt.io.atomic import atomic_write_text
@@ -41,12 +43,21 @@ GRADIENT_BASED = ("maml",)
 
 
 def train_run(
-    config: RunConfig, out: Path, *, resume: bool = False, progress: bool = True
+    config: RunConfig,
+    out: Path,
+    *,
+    resume: bool = False,
+    progress: bool = True,
+    plots: bool = False,
 ) -> dict[str, Any]:
     """Train ``config`` into the folder ``out`` (or continue it), then evaluate on test tasks.
 
-    Returns the evaluation record that is also appended to ``out/results.json``.
+    With ``plots``, ``out/curves.png`` is redrawn each time ``metrics.csv`` is written (needs
+    the ``plots`` extra, checked before training starts). Returns the evaluation record that is
+    also appended to ``out/results.json``.
     """
+    if plots:
+        load_pyplot()
     checkpoint = None
     if resume:
         checkpoint = load_checkpoint(out / "checkpoints" / "last.pt")
@@ -83,6 +94,7 @@ def train_run(
         config.to_dict(),
         device,
         progress,
+        on_flush=(lambda: plot_learning_curves(out)) if plots else None,
     )
     summary = trainer.fit(checkpoint)
     return evaluate_run(out, extra={"train_seconds": summary.seconds, "best": summary.best})

@@ -42,11 +42,12 @@ def load(path: str | os.PathLike[str], *, checkpoint: str = "best") -> LoadedMod
         CheckpointError: the checkpoint or export is missing, truncated, not fastadapt's, or
             needs an algorithm, backbone or format version that this fastadapt does not have.
 
-    Example::
-
+    Example:
+        ```python
         model = fastadapt.load("runs/protonet-omniglot-1shot")
         predictor = model.adapt(model.preprocess(support_files), support_labels)
         classes = predictor.predict(model.preprocess(query_files))
+        ```
     """
     folder = Path(path)
     if (folder / CONFIG_FILE).is_file():

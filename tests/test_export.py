@@ -76,6 +76,22 @@ def test_cli_export_and_adapt_from_the_export(runs, tmp_path, capsys) -> None:
     assert "is not empty; it was left untouched" in capsys.readouterr().err
 
 
+def test_a_regression_model_round_trips_too(tmp_path) -> None:
+    from test_run import tiny_config
+
+    from fastadapt.engine.run import train_run
+
+    train_run(tiny_config("train.steps=2"), tmp_path / "run", progress=False)
+    export_model(fastadapt.load(tmp_path / "run"), tmp_path / "export")
+    assert json.loads((tmp_path / "export" / "fastadapt.json").read_text())["preprocessing"] is None
+    x = torch.linspace(-5, 5, 7).unsqueeze(1)
+    run, exported = fastadapt.load(tmp_path / "run"), fastadapt.load(tmp_path / "export")
+    assert exported.preprocessing is None
+    assert torch.equal(
+        run.adapt(x, torch.sin(x)).predict(x), exported.adapt(x, torch.sin(x)).predict(x)
+    )
+
+
 @pytest.fixture
 def export(runs, tmp_path) -> Path:
     export_model(fastadapt.load(runs["matching"]), tmp_path / "export")

@@ -72,7 +72,7 @@ def _manifest(model: LoadedModel, sha256: str) -> dict[str, Any]:
         "evaluated": {"ways": config.eval.ways, "shots": config.eval.shots},
         "preprocessing": model.preprocessing.to_json() if model.preprocessing else None,
         "step": model.step,
-        "source": str(model.source),
+        "source": model.source.resolve().name,
         "weights": {"file": WEIGHTS_FILE, "sha256": sha256},
         "config": config.to_dict(),
     }

@@ -94,8 +94,9 @@ def _load_export(folder: Path) -> LoadedModel:
         )
     weights = _read_weights(folder, manifest)
     model = _assemble(manifest.get("config"), weights, folder, manifest.get("step"), written_by)
-    stated = Preprocessing.from_json(manifest.get("preprocessing"), manifest_path)
-    if model.preprocessing is not None and stated != model.preprocessing:
+    described = manifest.get("preprocessing")
+    stated = None if described is None else Preprocessing.from_json(described, manifest_path)
+    if stated != model.preprocessing:
         raise CheckpointError(
             f"{manifest_path} states the preprocessing {stated} but its configuration implies "
             f"{model.preprocessing}; it was edited by hand. Export the run again."

@@ -74,7 +74,8 @@ class LoadedModel:
         return self.preprocessing
 
     def _check_support(self, support_x: torch.Tensor, support_y: torch.Tensor) -> None:
-        if support_y.dim() != 1 or support_y.dtype.is_floating_point or support_y.numel() == 0:
+        integer = not (support_y.dtype.is_floating_point or support_y.dtype == torch.bool)
+        if support_y.dim() != 1 or not integer or support_y.numel() == 0:
             raise SupportSetError(
                 f"support_y must be a non-empty 1-D tensor of integer labels, got dtype "
                 f"{support_y.dtype} and shape {tuple(support_y.shape)}."

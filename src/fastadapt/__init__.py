@@ -1,5 +1,6 @@
 """fastadapt: meta-learning for PyTorch, with the inner loop batched over tasks."""
 
+from fastadapt._version import __version__
 from fastadapt.algorithms.base import LossOutput, MetaLearner, Predictor
 from fastadapt.algorithms.maml import MAML
 from fastadapt.algorithms.matching import MatchingNet
@@ -12,14 +13,15 @@ from fastadapt.errors import (
     FastAdaptError,
     NonFiniteLossError,
     RunDirectoryError,
+    SupportSetError,
 )
+from fastadapt.inference.load import load
+from fastadapt.inference.model import LoadedModel
 from fastadapt.nn.conv4 import Conv4
 from fastadapt.nn.mlp import MLP
 from fastadapt.nn.resnet12 import ResNet12
 from fastadapt.tasks.sinusoid import SinusoidTasks
 from fastadapt.tasks.task import Task, TaskBatch
-
-__version__ = "0.1.0"
 
 __all__ = [
     "MAML",
@@ -29,6 +31,7 @@ __all__ = [
     "Conv4",
     "Estimate",
     "FastAdaptError",
+    "LoadedModel",
     "LossOutput",
     "MatchingNet",
     "MetaLearner",
@@ -39,10 +42,12 @@ __all__ = [
     "RunConfig",
     "RunDirectoryError",
     "SinusoidTasks",
+    "SupportSetError",
     "Task",
     "TaskBatch",
     "__version__",
     "evaluate",
     "list_presets",
+    "load",
     "load_preset",
 ]

@@ -1,13 +1,15 @@
-"""The ``fastadapt`` command line: ``presets``, ``train``, ``eval``, ``plot``, ``datasets``.
+"""The ``fastadapt`` command line: ``presets``, ``train``, ``eval``, ``plot``, ``report``,
+``adapt``, ``export``, ``datasets``.
 
-Every error fastadapt raises on purpose is printed as one message on stderr with exit code 2;
-nothing of an earlier run is overwritten.
+Every error fastadapt raises on purpose is printed as one message on stderr with exit code 2,
+every warning as one line on stderr; nothing of an earlier run is overwritten.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -15,15 +17,25 @@ from typing import Any
 from fastadapt.config import list_presets, load_preset
 from fastadapt.datasets.registry import DATASETS, dataset_info, dataset_root, download_dataset
 from fastadapt.engine.plots import plot_learning_curves
+from fastadapt.engine.report import report_table, write_report
 from fastadapt.engine.run import evaluate_run, train_run
 from fastadapt.errors import FastAdaptError
+from fastadapt.inference.adapt_folder import (
+    FolderPredictions,
+    adapt_folder,
+    write_predictions_csv,
+)
+from fastadapt.inference.export import export_model
+from fastadapt.inference.load import load
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     try:
-        return args.handler(args)
+        with warnings.catch_warnings():
+            warnings.showwarning = _show_warning
+            return args.handler(args)
     except FastAdaptError as error:
         print(f"fastadapt: error: {error}", file=sys.stderr)
         return 2
@@ -64,6 +76,11 @@ def _parser() -> argparse.ArgumentParser:
         help="continue the run in --out from its last checkpoint, bit-exactly",
     )
     train.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    train.add_argument(
+        "--plots",
+        action="store_true",
+        help="redraw RUN/curves.png whenever metrics are written (needs the plots extra)",
+    )
     train.set_defaults(handler=_train)
 
     evaluate = verbs.add_parser(
@@ -95,6 +112,66 @@ def _parser() -> argparse.ArgumentParser:
     plot.add_argument("run_dir", type=Path, metavar="RUN_DIR")
     plot.add_argument("--out", type=Path, help="PNG file (default: RUN_DIR/curves.png)")
     plot.set_defaults(handler=_plot)
+
+    report = verbs.add_parser(
+        "report",
+        help="one markdown table of many runs' results, with their learning curves",
+        description="Gather the results.json of runs into one markdown table (preset, "
+        "algorithm, dataset, ways, shots, ours ± 95%% CI, paper, wall time) and draw each "
+        "run's learning curves beside it (needs the plots extra unless --no-curves).",
+    )
+    report.add_argument("run_dirs", type=Path, nargs="+", metavar="RUN_DIR")
+    report.add_argument(
+        "--out", type=Path, default=Path("report.md"), help="markdown file (default: report.md)"
+    )
+    report.add_argument(
+        "--no-curves", action="store_true", help="write the table only, without PNG curves"
+    )
+    report.set_defaults(handler=_report)
+
+    adapt = verbs.add_parser(
+        "adapt",
+        help="adapt a trained model to your labelled images and classify new ones",
+        description="Adapt a trained model (run or export folder) to the classes of "
+        "--support (one folder of images per class) and classify the images of --query (a "
+        "folder of images, or one folder per class, then accuracy is printed too). Images are "
+        "preprocessed exactly as in training.",
+    )
+    adapt.add_argument("run", type=Path, metavar="RUN", help="a run folder or an export folder")
+    adapt.add_argument(
+        "--support", type=Path, required=True, metavar="DIR", help="DIR/<class name>/<images>"
+    )
+    adapt.add_argument(
+        "--query", type=Path, required=True, metavar="DIR", help="images to classify"
+    )
+    adapt.add_argument(
+        "--out",
+        type=Path,
+        default=Path("predictions.csv"),
+        help="CSV of the predictions (default: predictions.csv)",
+    )
+    adapt.add_argument(
+        "--skip-bad",
+        action="store_true",
+        help="leave out images that cannot be decoded (each is named) instead of stopping",
+    )
+    adapt.add_argument(
+        "--checkpoint", choices=("best", "last"), default="best", help="which checkpoint of a run"
+    )
+    adapt.set_defaults(handler=_adapt)
+
+    export = verbs.add_parser(
+        "export",
+        help="write a run's model as safetensors weights plus a JSON config",
+        description="Write a run's model to a new folder: model.safetensors and fastadapt.json, "
+        "which fastadapt.load() and `fastadapt adapt` read without the run's checkpoints.",
+    )
+    export.add_argument("run", type=Path, metavar="RUN", help="a run folder")
+    export.add_argument("--out", type=Path, required=True, help="a new or empty folder")
+    export.add_argument(
+        "--checkpoint", choices=("best", "last"), default="best", help="which checkpoint"
+    )
+    export.set_defaults(handler=_export)
 
     datasets = verbs.add_parser(
         "datasets",
@@ -134,7 +211,9 @@ def _presets(args: argparse.Namespace) -> int:
 def _train(args: argparse.Namespace) -> int:
     config = load_preset(args.preset).override(args.overrides)
     out = args.out or Path("runs") / args.preset
-    record = train_run(config, out, resume=args.resume, progress=not args.no_progress)
+    record = train_run(
+        config, out, resume=args.resume, progress=not args.no_progress, plots=args.plots
+    )
     print(f"run folder: {out}")
     _print_record(record)
     return 0
@@ -151,6 +230,32 @@ def _eval(args: argparse.Namespace) -> int:
 
 def _plot(args: argparse.Namespace) -> int:
     print(plot_learning_curves(args.run_dir, args.out))
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    written = write_report(args.run_dirs, args.out, curves=not args.no_curves)
+    print(report_table(args.run_dirs), end="")
+    print(f"report: {written[0]}" + (f" ({len(written) - 1} PNG curves)" if written[1:] else ""))
+    return 0
+
+
+def _adapt(args: argparse.Namespace) -> int:
+    model = load(args.run, checkpoint=args.checkpoint)
+    result = adapt_folder(model, args.support, args.query, skip_bad=args.skip_bad)
+    shots = ", ".join(f"{c} ({n})" for c, n in zip(result.classes, result.shots))
+    print(f"model: {model.config.algorithm.name} {model.config.model.kind}, {model.source}")
+    print(f"preprocessing: {model.image_preprocessing.describe()}")
+    print(f"support: {len(result.classes)} classes, images per class: {shots}")
+    _print_predictions(result)
+    write_predictions_csv(result, args.out)
+    print(f"predictions: {args.out}")
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    manifest = export_model(load(args.run, checkpoint=args.checkpoint), args.out)
+    print(f"exported to {args.out} ({manifest.name}, model.safetensors)")
     return 0
 
 
@@ -177,6 +282,34 @@ def _datasets_info(args: argparse.Namespace) -> int:
     for entry in info["cache"]:
         print(f"  cache {entry['key']}: {entry['bytes'] / 2**20:.1f} MiB in {entry['path']}")
     return 0
+
+
+def _print_predictions(result: FolderPredictions) -> None:
+    labelled = result.accuracy is not None
+    header = ["file", "predicted class", "probability", *(["true class"] if labelled else [])]
+    rows = [
+        [p.file, p.predicted, f"{p.probability:.3f}", *([p.true_class or ""] if labelled else [])]
+        for p in result.predictions
+    ]
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
+    for row in [header, *rows]:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
+    if result.skipped:
+        print(f"skipped {len(result.skipped)} unreadable image(s)")
+    if result.accuracy is not None:
+        right = sum(p.predicted == p.true_class for p in result.predictions)
+        print(f"accuracy: {result.accuracy:.4f} ({right} of {len(result.predictions)})")
+
+
+def _show_warning(
+    message: Warning | str,
+    category: type[Warning],
+    filename: str,
+    lineno: int,
+    file: Any = None,
+    line: str | None = None,
+) -> None:
+    print(f"fastadapt: warning: {message}", file=sys.stderr)
 
 
 def _print_record(record: dict[str, Any]) -> None:

@@ -23,5 +23,10 @@ class CheckpointError(FastAdaptError):
     """A checkpoint is missing, corrupt, or does not belong to the run it is loaded into."""
 
 
+class SupportSetError(FastAdaptError, ValueError):
+    """A support set cannot be adapted to: too few classes, a class without examples, inputs
+    of another shape than the model's, or more classes than a fixed classifier head has."""
+
+
 class NonFiniteLossError(FastAdaptError, FloatingPointError):
     """Training produced a NaN or infinite loss; the last good checkpoint is left intact."""

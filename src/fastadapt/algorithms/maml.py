@@ -42,9 +42,12 @@ class MAML(MetaLearner):
     Args:
         model: any ``nn.Module`` mapping a task's inputs ``[n, ...]`` to outputs ``[n, ...]``.
         problem: ``"regression"`` (mean squared error) or ``"classification"`` (cross-entropy).
-        inner_steps / inner_lr: inner-loop steps and step size α during meta-training.
-        eval_inner_steps / eval_inner_lr: the same at evaluation and in :meth:`adapt`
-            (default: the training values).
+        inner_steps: inner-loop steps during meta-training.
+        inner_lr: inner-loop step size α during meta-training.
+        eval_inner_steps: inner-loop steps at evaluation and in :meth:`adapt` (default:
+            ``inner_steps``).
+        eval_inner_lr: the step size at evaluation and in :meth:`adapt` (default:
+            ``inner_lr``).
         report_steps: step counts after which :meth:`task_metrics` reports metrics
             (default: ``[eval_inner_steps]``); 0 reports the unadapted model.
         first_order: drop second-order terms (first-order MAML).

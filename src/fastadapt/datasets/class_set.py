@@ -200,10 +200,7 @@ class ClassSet:
                 if group.size:
                     picked = np.take(self._images, rows[group], axis=0)
                     raw[group] = np.rot90(picked, k, axes=(1, 2))
-        raw = raw[:, None] if raw.ndim == 3 else raw.transpose(0, 3, 1, 2)
-        # One pass: uint8 -> float32 and /255, single-threaded (NumPy), into a fresh C-ordered
-        # array (so RGB comes out channels-first in memory too).
-        pixels = torch.from_numpy(np.divide(raw, np.float32(255), dtype=np.float32, order="C"))
+        pixels = pixels_to_tensor(raw)
         return pixels.view(*example_ids.shape, *pixels.shape[1:])
 
     # --------------------------------------------------------------------------------- helpers
@@ -234,6 +231,19 @@ class ClassSet:
             filename, offset, shape, dtype = images
             state["_images"] = np.memmap(filename, dtype, "r", offset, shape)
         self.__dict__.update(state)
+
+
+def pixels_to_tensor(raw: np.ndarray) -> torch.Tensor:
+    """uint8 images ``[N, H, W]`` or ``[N, H, W, C]`` as float32 ``[N, C, H, W]`` in ``[0, 1]``.
+
+    The one conversion from decoded pixels to model inputs, shared by training episodes
+    (:meth:`ClassSet.gather`) and by inference on new images: no mean or standard-deviation
+    normalisation, only division by 255.
+    """
+    raw = raw[:, None] if raw.ndim == 3 else raw.transpose(0, 3, 1, 2)
+    # One pass: uint8 -> float32 and /255, single-threaded (NumPy), into a fresh C-ordered
+    # array (so RGB comes out channels-first in memory too).
+    return torch.from_numpy(np.divide(raw, np.float32(255), dtype=np.float32, order="C"))
 
 
 def _check_unique(names: list[str]) -> None:

@@ -74,12 +74,16 @@ def build_task_family(config: RunConfig, split: str) -> TaskFamily:
     return _choose("task.family", config.task.family, TASK_FAMILIES).build(config, split)
 
 
+def image_channels(family: str) -> int:
+    """Channels of an image task family as its models see them: 1 (Omniglot), else 3 (RGB)."""
+    return 1 if family == "omniglot" else 3
+
+
 def _model_shape(config: RunConfig, head: bool) -> tuple[int, int | None]:
     """Input features (or channels) and outputs of the model; ``None``: an embedding."""
     if config.task.family == "sinusoid":
         return 1, 1
-    channels = 1 if config.task.family == "omniglot" else 3
-    return channels, config.task.ways if head else None
+    return image_channels(config.task.family), config.task.ways if head else None
 
 
 def _mlp(config: RunConfig, in_features: int, out_features: int | None) -> nn.Module:

@@ -4,6 +4,7 @@ Layout of a run folder::
 
     config.json            the resolved configuration
     metrics.csv            training and validation metrics per logged step
+    curves.png             the learning curves (``fastadapt train --plots``, ``fastadapt plot``)
     tensorboard/           the same metrics as TensorBoard events (train.tensorboard=true)
     checkpoints/last.pt    the latest state (resume from here)
     checkpoints/best.pt    the state with the best validation score
@@ -23,6 +24,7 @@ from fastadapt.config import RunConfig, flatten
 from fastadapt.engine.build import build_learner, build_optimizer, build_task_family
 from fastadapt.engine.checkpoint import load_checkpoint
 from fastadapt.engine.evaluate import estimates_to_json, evaluate
+from fastadapt.engine.plots import load_pyplot, plot_learning_curves
 from fastadapt.engine.trainer import Trainer, TrainSchedule
 from fastadapt.errors import ConfigError, RunDirectoryError
 from fastadapt.io.atomic import atomic_write_text
@@ -41,12 +43,21 @@ GRADIENT_BASED = ("maml",)
 
 
 def train_run(
-    config: RunConfig, out: Path, *, resume: bool = False, progress: bool = True
+    config: RunConfig,
+    out: Path,
+    *,
+    resume: bool = False,
+    progress: bool = True,
+    plots: bool = False,
 ) -> dict[str, Any]:
     """Train ``config`` into the folder ``out`` (or continue it), then evaluate on test tasks.
 
-    Returns the evaluation record that is also appended to ``out/results.json``.
+    With ``plots``, ``out/curves.png`` is redrawn each time ``metrics.csv`` is written (needs
+    the ``plots`` extra, checked before training starts). Returns the evaluation record that is
+    also appended to ``out/results.json``.
     """
+    if plots:
+        load_pyplot()
     checkpoint = None
     if resume:
         checkpoint = load_checkpoint(out / "checkpoints" / "last.pt")
@@ -83,6 +94,7 @@ def train_run(
         config.to_dict(),
         device,
         progress,
+        on_flush=(lambda: plot_learning_curves(out)) if plots else None,
     )
     summary = trainer.fit(checkpoint)
     extra = {
@@ -111,16 +123,7 @@ def evaluate_run(
                 f"`fastadapt eval` only accepts eval.* settings, got {assignment!r}; the other "
                 "settings are fixed by the trained run (train a new run to change them)."
             )
-    if checkpoint not in ("best", "last"):
-        raise ConfigError(f"checkpoint must be 'best' or 'last', got {checkpoint!r}.")
-    if not (run_dir / "checkpoints").is_dir():
-        raise RunDirectoryError(
-            f"{run_dir} holds no trained run (no checkpoints/ folder); pass the --out folder "
-            "of a `fastadapt train` run."
-        )
-    path = run_dir / "checkpoints" / f"{checkpoint}.pt"
-    if checkpoint == "best" and not path.is_file():
-        path = run_dir / "checkpoints" / "last.pt"
+    path = checkpoint_path(run_dir, checkpoint)
     state = load_checkpoint(path)
     trained = RunConfig.from_dict(state.config)
     config = trained.override(overrides or [])
@@ -149,6 +152,26 @@ def evaluate_run(
     }
     _append_result(run_dir / "results.json", record)
     return record
+
+
+def checkpoint_path(run_dir: Path, checkpoint: str = "best") -> Path:
+    """The checkpoint file of a run: ``best.pt`` (else ``last.pt``) for "best", or ``last.pt``.
+
+    Raises:
+        ConfigError: ``checkpoint`` is neither "best" nor "last".
+        RunDirectoryError: ``run_dir`` has no ``checkpoints/`` folder.
+    """
+    if checkpoint not in ("best", "last"):
+        raise ConfigError(f"checkpoint must be 'best' or 'last', got {checkpoint!r}.")
+    if not (run_dir / "checkpoints").is_dir():
+        raise RunDirectoryError(
+            f"{run_dir} holds no trained run (no checkpoints/ folder); pass the --out folder "
+            "of a `fastadapt train` run."
+        )
+    path = run_dir / "checkpoints" / f"{checkpoint}.pt"
+    if checkpoint == "best" and not path.is_file():
+        path = run_dir / "checkpoints" / "last.pt"
+    return path
 
 
 def protocol(config: RunConfig) -> dict[str, Any]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,7 @@ from fastadapt.engine.checkpoint import (
     restore_rng_state,
     save_checkpoint,
 )
-from fastadapt.engine.evaluate import evaluate
+from fastadapt.engine.evaluate import Estimate, evaluate
 from fastadapt.engine.metrics_log import MetricsLog
 from fastadapt.errors import ConfigError, NonFiniteLossError
 
@@ -69,7 +70,10 @@ class Trainer:
 
     Checkpoints ``checkpoints/last.pt`` (every ``checkpoint_every`` steps and at the end) and
     ``checkpoints/best.pt`` (at each validation that improves the headline metric) are written
-    atomically with the configuration, step and every RNG state.
+    atomically with the configuration, step and every RNG state. Validation logs the headline
+    metric and its 95% confidence half-width (``val_accuracy`` and ``val_accuracy_ci95``).
+    ``on_flush``, if given, is called each time ``metrics.csv`` is written with rows in it
+    (e.g. to redraw the learning curves).
     """
 
     def __init__(
@@ -83,8 +87,10 @@ class Trainer:
         config: dict[str, Any],
         device: torch.device,
         progress: bool = True,
+        on_flush: Callable[[], None] | None = None,
     ) -> None:
         self.learner, self.optimizer = learner, optimizer
+        self.on_flush = on_flush
         self.train_tasks, self.val_tasks = train_tasks, val_tasks
         self.schedule, self.run_dir, self.config = schedule, run_dir, config
         self.device, self.progress = device, progress
@@ -131,8 +137,10 @@ class Trainer:
                     row.update({f"train_{k}": v.item() for k, v in metrics.items()})
                     postfix["loss"] = f"{row[f'train_{self.learner.loss_metric}']:.4f}"
                 if step % self.schedule.val_every == 0 or step == self.schedule.steps:
-                    value = self._validate()
+                    estimate = self._validate()
+                    value = estimate.mean
                     row[f"val_{self.headline}"] = value
+                    row[f"val_{self.headline}_ci95"] = estimate.ci95
                     postfix[f"val_{self.headline}"] = f"{value:.4f}"
                     if self._improves(value, best["value"]):
                         best = {"metric": self.headline, "value": value, "step": step}
@@ -146,6 +154,8 @@ class Trainer:
                 if step % self.schedule.checkpoint_every == 0 or step == self.schedule.steps:
                     save_checkpoint(self.last_path, self._checkpoint(step, best))
                     log.flush()
+                    if self.on_flush is not None and log.rows:
+                        self.on_flush()
         finally:
             bar.close()
             log.flush()
@@ -190,7 +200,7 @@ class Trainer:
         self.optimizer.step()
         return totals
 
-    def _validate(self) -> float:
+    def _validate(self) -> Estimate:
         estimates = evaluate(
             self.learner,
             self.val_tasks.batch,
@@ -198,7 +208,7 @@ class Trainer:
             self.schedule.eval_batch,
             self.device,
         )
-        return estimates[self.headline].mean
+        return estimates[self.headline]
 
     def _improves(self, value: float, best: float | None) -> bool:
         if not math.isfinite(value):

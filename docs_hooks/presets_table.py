@@ -1,0 +1,43 @@
+"""mkdocs hook: the presets table of ``docs/reproduce.md``, generated from the shipped presets.
+
+The page holds the marker ``<!-- presets-table -->``; the table replaces it at build time, so
+the documentation lists exactly the presets, papers and numbers that ``fastadapt presets``
+prints.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastadapt.config import list_presets, load_preset
+
+MARKER = "<!-- presets-table -->"
+
+
+def presets_table() -> str:
+    """A markdown table: preset, paper, table, the paper's number and the test protocol."""
+    lines = [
+        "| preset | paper | table | paper's number | trained on | evaluated on |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for name in list_presets():
+        config = load_preset(name)
+        ref, task, evaluation = config.reference, config.task, config.eval
+        target = ", ".join(f"{metric} {value:g}" for metric, value in ref.values.items())
+        shape = "" if task.family == "sinusoid" else f"{task.ways}-way "
+        eval_shape = "" if task.family == "sinusoid" else f"{evaluation.ways}-way "
+        cells = [
+            f"`{name}`",
+            ref.paper,
+            ref.table,
+            target,
+            f"{task.family}, {shape}{task.shots}-shot, {config.train.steps} steps",
+            f"{eval_shape}{evaluation.shots}-shot, {evaluation.tasks} tasks",
+        ]
+        lines.append("| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def on_page_markdown(markdown: str, **kwargs: Any) -> str:
+    """Replace the marker with the table (mkdocs calls this for every page)."""
+    return markdown.replace(MARKER, presets_table()) if MARKER in markdown else markdown

@@ -72,7 +72,7 @@ def test_bad_overrides_are_refused(assignment, message):
 @pytest.mark.parametrize(
     ("assignment", "message"),
     [
-        ("algorithm.name=reptile", "unknown algorithm.name"),
+        ("algorithm.name=leo", "unknown algorithm.name"),
         ("model.kind=resnet", "unknown model.kind"),
         ("task.family=quickdraw", "unknown task.family"),
         ("model.activation=swish", "unknown activation"),

@@ -109,8 +109,8 @@ def _edit_manifest(folder: Path, edit) -> None:
     ("edit", "message"),
     [
         (
-            lambda m: m["config"]["algorithm"].update(name="reptile"),
-            "needs algorithm.name 'reptile', which this fastadapt",
+            lambda m: m["config"]["algorithm"].update(name="leo"),
+            "needs algorithm.name 'leo', which this fastadapt",
         ),
         (
             lambda m: m["config"]["model"].update(kind="vit"),

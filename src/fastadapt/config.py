@@ -16,7 +16,12 @@ from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
 
+from fastadapt.algorithms.reptile import INNER_OPTIMIZERS
 from fastadapt.errors import ConfigError
+
+LR_SCHEDULES = ("step", "linear")
+"""``step``: ``lr · lr_decay ** (s // lr_decay_every)``; ``linear``: from ``lr`` at step 0 down to
+0 at the last step (Reptile's annealed outer step size)."""
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -61,6 +66,8 @@ class AlgorithmConfig:
     distance: str = "euclidean"
     fce: bool = False
     read_steps: int | None = None
+    inner_optimizer: str = "sgd"
+    inner_batch: int | None = None
 
 
 @dataclass
@@ -71,6 +78,7 @@ class TrainConfig:
     lr: float = 0.001
     lr_decay: float = 1.0
     lr_decay_every: int | None = None
+    lr_schedule: str = "step"
     task_chunk: int | None = None
     val_every: int = 1000
     val_tasks: int = 100
@@ -93,6 +101,7 @@ class EvalConfig:
     report_steps: list[int] = field(default_factory=lambda: [0, 1, 5, 10])
     seed: int = 0
     batch: int = 100
+    inner_batch: int | None = None
 
 
 @dataclass
@@ -171,13 +180,25 @@ class RunConfig:
             "train.threads": self.train.threads,
             "train.lr_decay_every": self.train.lr_decay_every,
             "algorithm.read_steps": self.algorithm.read_steps,
+            "algorithm.inner_batch": self.algorithm.inner_batch,
             "eval.inner_lr": self.eval.inner_lr,
+            "eval.inner_batch": self.eval.inner_batch,
         }
         positive.update({k: v for k, v in optional_positive.items() if v is not None})
         for key, value in positive.items():
             if not value > 0:
                 raise ConfigError(
                     f"{key} must be positive, got {value!r}; set it with --set {key}=<value>."
+                )
+        choices = {
+            "train.lr_schedule": (self.train.lr_schedule, LR_SCHEDULES),
+            "algorithm.inner_optimizer": (self.algorithm.inner_optimizer, INNER_OPTIMIZERS),
+        }
+        for key, (value, allowed) in choices.items():
+            if value not in allowed:
+                raise ConfigError(
+                    f"{key} must be one of {', '.join(allowed)}, got {value!r}; "
+                    f"e.g. --set {key}={allowed[0]}."
                 )
         if any(hidden < 1 for hidden in self.model.hidden):
             raise ConfigError(f"model.hidden sizes must be positive, got {self.model.hidden}.")

@@ -17,6 +17,7 @@ from fastadapt.algorithms.base import MetaLearner
 from fastadapt.algorithms.maml import MAML
 from fastadapt.algorithms.matching import MatchingNet
 from fastadapt.algorithms.protonet import ProtoNet
+from fastadapt.algorithms.reptile import Reptile
 from fastadapt.config import RunConfig
 from fastadapt.datasets.registry import DATASETS, dataset_root
 from fastadapt.errors import ConfigError
@@ -127,6 +128,21 @@ def _maml(config: RunConfig, model: nn.Module, problem: str) -> MetaLearner:
     )
 
 
+def _reptile(config: RunConfig, model: nn.Module, problem: str) -> MetaLearner:
+    algo, evaluation = config.algorithm, config.eval
+    return Reptile(
+        model,
+        problem=problem,
+        inner_steps=algo.inner_steps,
+        inner_lr=algo.inner_lr,
+        inner_optimizer=algo.inner_optimizer,
+        inner_batch=algo.inner_batch,
+        eval_inner_steps=evaluation.inner_steps,
+        eval_inner_lr=evaluation.inner_lr,
+        eval_inner_batch=evaluation.inner_batch,
+    )
+
+
 def _protonet(config: RunConfig, model: nn.Module, problem: str) -> MetaLearner:
     return ProtoNet(model, distance=config.algorithm.distance)
 
@@ -156,6 +172,7 @@ class AlgorithmSpec:
 
 ALGORITHMS: dict[str, AlgorithmSpec] = {
     "maml": AlgorithmSpec(_maml, ("regression", "classification"), head=True),
+    "reptile": AlgorithmSpec(_reptile, ("regression", "classification"), head=True),
     "protonet": AlgorithmSpec(_protonet, ("classification",), head=False),
     "matching": AlgorithmSpec(_matching, ("classification",), head=False),
 }

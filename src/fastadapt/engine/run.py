@@ -39,7 +39,7 @@ RESUME_NEUTRAL = (
 )
 RESUME_NEUTRAL_SECTIONS = ("eval.", "reference.")
 #: Algorithms with an inner loop, whose evaluation protocol includes its steps and rate.
-GRADIENT_BASED = ("maml",)
+GRADIENT_BASED = ("maml", "reptile")
 
 
 def train_run(
@@ -76,6 +76,7 @@ def train_run(
         lr=config.train.lr,
         lr_decay=config.train.lr_decay,
         lr_decay_every=config.train.lr_decay_every,
+        lr_schedule=config.train.lr_schedule,
         task_chunk=config.train.task_chunk,
         val_every=config.train.val_every,
         val_tasks=config.train.val_tasks,
@@ -177,15 +178,16 @@ def checkpoint_path(run_dir: Path, checkpoint: str = "best") -> Path:
 def protocol(config: RunConfig) -> dict[str, Any]:
     """The evaluation protocol, printed beside every number and stored with it."""
     ways = {} if config.task.family == "sinusoid" else {"ways": config.eval.ways}
-    inner_loop = (
-        {
+    inner_loop: dict[str, Any] = {}
+    if config.algorithm.name in GRADIENT_BASED:
+        inner_loop = {
             "inner_steps": config.eval.inner_steps,
             "inner_lr": config.eval.inner_lr or config.algorithm.inner_lr,
-            "report_steps": config.eval.report_steps,
         }
-        if config.algorithm.name in GRADIENT_BASED
-        else {}
-    )
+    if config.algorithm.name == "maml":
+        inner_loop["report_steps"] = config.eval.report_steps
+    if config.algorithm.name == "reptile":
+        inner_loop["inner_batch"] = config.eval.inner_batch
     return {
         "split": "test",
         "family": config.task.family,

@@ -36,7 +36,9 @@ class TrainSchedule:
 
     With ``lr_decay_every``, step ``s`` uses the learning rate
     ``lr * lr_decay ** (s // lr_decay_every)`` (e.g. Prototypical Networks halve it every 2000
-    episodes); a pure function of the step, so resuming needs no scheduler state.
+    episodes); with ``lr_schedule="linear"``, ``lr * (1 - s / steps)``, down to 0 at the last
+    step (Reptile's annealed outer step size). Either is a pure function of the step, so
+    resuming needs no scheduler state.
     """
 
     steps: int
@@ -44,6 +46,7 @@ class TrainSchedule:
     lr: float = 1e-3
     lr_decay: float = 1.0
     lr_decay_every: int | None = None
+    lr_schedule: str = "step"
     task_chunk: int | None = None
     val_every: int = 1000
     val_tasks: int = 100
@@ -193,10 +196,8 @@ class Trainer:
             (output.loss * weight).backward()
             for name, value in output.metrics.items():
                 totals[name] = totals.get(name, 0.0) + value * weight
-        if self.schedule.lr_decay_every is not None:
-            decays = step // self.schedule.lr_decay_every
-            for group in self.optimizer.param_groups:
-                group["lr"] = self.schedule.lr * self.schedule.lr_decay**decays
+        for group in self.optimizer.param_groups:
+            group["lr"] = self._learning_rate(step)
         self.optimizer.step()
         return totals
 
@@ -236,6 +237,15 @@ class Trainer:
             rng=capture_rng_state(),
             train_seconds=self._total_seconds(),
         )
+
+    def _learning_rate(self, step: int) -> float:
+        """The learning rate of (zero-based) ``step`` (see :class:`TrainSchedule`)."""
+        schedule = self.schedule
+        if schedule.lr_schedule == "linear":
+            return schedule.lr * (1 - step / schedule.steps)
+        if schedule.lr_decay_every is not None:
+            return schedule.lr * schedule.lr_decay ** (step // schedule.lr_decay_every)
+        return schedule.lr
 
     def _total_seconds(self) -> float | None:
         """Training wall time of the run so far, over every session (None if unknown)."""

@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fastadapt import TaskBatch
 from fastadapt.nn.conv4 import Conv4, ConvBlock
 from fastadapt.nn.folded_conv_block import folded_conv_bn_pool_relu
 
@@ -122,3 +123,35 @@ def test_conv4_trains_in_protonet_and_loss_falls() -> None:
         optimizer.step()
         losses.append(loss.item())
     assert losses[-1] < 0.5 * losses[0]
+
+
+@pytest.mark.parametrize("first_order", [False, True])
+def test_maml_meta_gradient_through_conv4_equals_textbook_stack(first_order: bool) -> None:
+    """MAML adapts the folded first block's BatchNorm and convolution like the plain ones."""
+    from fastadapt import MAML
+
+    torch.manual_seed(3)
+    model = Conv4(1, hidden=4, ways=3, image_size=16)
+    _randomise_affine(model)
+    plain = nn.Sequential(*[_plain_block(model[i]) for i in range(4)], nn.Flatten())
+    plain.append(nn.Linear(4, 3).double())
+    plain[-1].load_state_dict(model[-1].state_dict())
+    model = model.double()
+    g = torch.Generator().manual_seed(0)
+    images = torch.rand(2, 9, 1, 16, 16, generator=g, dtype=torch.float64)
+    labels = torch.tensor([[0, 1, 2] * 3] * 2)
+    batch = TaskBatch(images[:, :3], labels[:, :3], images[:, 3:], labels[:, 3:])
+    grads = []
+    for net in (model, plain):
+        learner = MAML(net, problem="classification", inner_steps=2, inner_lr=0.4,
+                       first_order=first_order)  # fmt: skip
+        grads.append(torch.autograd.grad(learner.meta_loss(batch).loss, list(net.parameters())))
+    for ours, reference in zip(*grads, strict=True):
+        torch.testing.assert_close(ours, reference, rtol=1e-7, atol=1e-8)
+
+
+def test_maml_refuses_batchnorm_with_running_statistics() -> None:
+    from fastadapt import MAML, ResNet12
+
+    with pytest.raises(ValueError, match=r"track running statistics.*track_running_stats=False"):
+        MAML(ResNet12(widths=(2, 2, 2, 2), image_size=16, ways=2), problem="classification")

@@ -77,6 +77,7 @@ class MAML(MetaLearner):
         batch_mode: str = "auto",
     ) -> None:
         super().__init__()
+        _refuse_running_statistics(model)
         self.model = model
         self.problem = check_problem(problem)
         self.inner_steps = _positive_int("inner_steps", inner_steps)
@@ -232,3 +233,26 @@ def _positive_float(name: str, value: float) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
         raise ValueError(f"{name} must be a positive number, got {value!r}.")
     return float(value)
+
+
+def _refuse_running_statistics(model: nn.Module) -> None:
+    """MAML needs BatchNorm with batch statistics: refuse layers that track running ones.
+
+    In the inner loop a normalisation layer that tracks running statistics is updated (a side
+    effect, in place) by every task's support and query forward passes, adapted or not, so the
+    statistics an evaluation uses depend on which tasks were seen last, and in ``eval()`` mode
+    the adapted model would normalise its support set with statistics of other tasks.
+    """
+    tracking = [
+        name or type(model).__name__
+        for name, module in model.named_modules()
+        if isinstance(module, nn.modules.batchnorm._NormBase) and module.track_running_stats
+    ]
+    if tracking:
+        raise ValueError(
+            f"MAML needs BatchNorm with batch statistics, but {', '.join(tracking[:3])} "
+            "track running statistics: the inner loop would update them as a side effect of "
+            "every task, so evaluation would depend on the tasks seen last. Build these layers "
+            "with track_running_stats=False (fastadapt's Conv4 does; for ResNet12 pass "
+            "track_running_stats=False)."
+        )

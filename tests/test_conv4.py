@@ -9,17 +9,17 @@ from torch import nn
 
 from fastadapt import TaskBatch
 from fastadapt.nn.conv4 import Conv4, ConvBlock
-from fastadapt.nn.folded_conv_block import folded_conv_bn_pool_relu
+from fastadapt.nn.folded_conv_block import folded_conv_block
 
 
 def _plain_block(block: ConvBlock) -> nn.Sequential:
     """The textbook block with ``block``'s parameters, in the textbook order."""
     conv = block[0]
     plain = nn.Sequential(
-        nn.Conv2d(conv.in_channels, conv.out_channels, 3, padding=1),
+        nn.Conv2d(conv.in_channels, conv.out_channels, 3, stride=conv.stride, padding=1),
         nn.BatchNorm2d(conv.out_channels, track_running_stats=False),
         nn.ReLU(),
-        nn.MaxPool2d(2),
+        nn.MaxPool2d(2) if isinstance(block[2], nn.MaxPool2d) else nn.Identity(),
     ).double()
     plain.load_state_dict(block.state_dict())
     return plain
@@ -34,15 +34,18 @@ def _randomise_affine(model: nn.Module) -> None:
                 module.bias.normal_()
 
 
+@pytest.mark.parametrize("downsample", ["pool", "stride"])
 @pytest.mark.parametrize("in_channels", [1, 3, 4])
-def test_block_equals_textbook_block_with_second_order_gradients(in_channels: int) -> None:
+def test_block_equals_textbook_block_with_second_order_gradients(
+    in_channels: int, downsample: str
+) -> None:
     torch.manual_seed(in_channels)
-    block = ConvBlock(in_channels, 6).double()
+    block = ConvBlock(in_channels, 6, downsample).double()
     _randomise_affine(block)
     assert block.folds_batchnorm == (in_channels * 9 <= 27)
     plain = _plain_block(block)
     x = torch.rand(5, in_channels, 10, 10, dtype=torch.float64)
-    target = torch.randn(5, 6, 5, 5, dtype=torch.float64)
+    target = torch.randn(5, 6, 5, 5, dtype=torch.float64)  # 10x10 → 5x5 either way
 
     def outputs_and_second_order(model: nn.Module) -> list[torch.Tensor]:
         out = model(x)
@@ -67,14 +70,14 @@ def test_folded_block_matches_the_plain_composition(side: int) -> None:
     x = torch.rand(4, 2, side, side, dtype=torch.float64)
     weight = torch.randn(7, 2, 3, 3, dtype=torch.float64)
     bias, gamma, beta = (torch.randn(7, dtype=torch.float64) for _ in range(3))
-    folded = folded_conv_bn_pool_relu(x, weight, bias, gamma, beta, eps=1e-5, padding=1)
+    folded = folded_conv_block(x, weight, bias, gamma, beta, eps=1e-5, padding=1)
     normalised = F.batch_norm(
         F.conv2d(x, weight, bias, padding=1), None, None, gamma, beta, training=True, eps=1e-5
     )
     torch.testing.assert_close(folded, F.max_pool2d(normalised, 2).relu(), rtol=1e-10, atol=1e-10)
     assert folded.is_contiguous(memory_format=torch.channels_last)
     plain = F.batch_norm(F.conv2d(x, weight, padding=1), None, None, training=True, eps=1e-5)
-    no_affine = folded_conv_bn_pool_relu(x, weight, None, None, None, eps=1e-5, padding=1)
+    no_affine = folded_conv_block(x, weight, None, None, None, eps=1e-5, padding=1)
     torch.testing.assert_close(no_affine, F.max_pool2d(plain, 2).relu(), rtol=1e-10, atol=1e-10)
 
 
@@ -88,6 +91,18 @@ def test_conv4_equals_textbook_stack_in_float32_and_float64() -> None:
     x = torch.rand(10, 1, 28, 28)
     torch.testing.assert_close(model.double()(x.double()), plain(x.double()), rtol=1e-9, atol=1e-9)
     torch.testing.assert_close(model.float()(x), plain.float()(x), rtol=1e-4, atol=1e-4)
+
+
+def test_strided_conv4_shapes_and_equality_with_the_textbook_stack() -> None:
+    torch.manual_seed(2)
+    model = Conv4(1, hidden=8, downsample="stride")
+    assert model.embedding_size == 8 * 2 * 2
+    _randomise_affine(model)
+    plain = nn.Sequential(*[_plain_block(model[i]) for i in range(4)], nn.Flatten())
+    x = torch.rand(6, 1, 28, 28, dtype=torch.float64)
+    torch.testing.assert_close(model.double()(x), plain(x), rtol=1e-9, atol=1e-9)
+    with pytest.raises(ValueError, match="downsample must be one of"):
+        Conv4(1, downsample="dilate")
 
 
 def test_state_dict_names_are_those_of_the_textbook_stack() -> None:

@@ -17,6 +17,7 @@ from importlib import resources
 from typing import Any
 
 from fastadapt.algorithms.reptile import INNER_OPTIMIZERS
+from fastadapt.nn.conv4 import DOWNSAMPLING
 from fastadapt.errors import ConfigError
 
 LR_SCHEDULES = ("step", "linear")
@@ -51,6 +52,7 @@ class ModelConfig:
     hidden: list[int] = field(default_factory=lambda: [40, 40])
     activation: str = "relu"
     init: str = "torch"
+    downsample: str = "pool"
 
 
 @dataclass
@@ -193,6 +195,7 @@ class RunConfig:
         choices = {
             "train.lr_schedule": (self.train.lr_schedule, LR_SCHEDULES),
             "algorithm.inner_optimizer": (self.algorithm.inner_optimizer, INNER_OPTIMIZERS),
+            "model.downsample": (self.model.downsample, DOWNSAMPLING),
         }
         for key, (value, allowed) in choices.items():
             if value not in allowed:

@@ -96,7 +96,12 @@ def _mlp(config: RunConfig, in_features: int, out_features: int | None) -> nn.Mo
 
 
 def _conv4(config: RunConfig, in_channels: int, ways: int | None) -> nn.Module:
-    return Conv4(in_channels, ways=ways, image_size=config.data.image_size)
+    return Conv4(
+        in_channels,
+        ways=ways,
+        image_size=config.data.image_size,
+        downsample=config.model.downsample,
+    )
 
 
 def _resnet12(config: RunConfig, in_channels: int, ways: int | None) -> nn.Module:

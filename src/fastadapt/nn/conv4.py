@@ -24,21 +24,27 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from fastadapt.nn.folded_conv_block import MAX_PATCH_SIZE, folded_conv_bn_pool_relu
+from fastadapt.nn.folded_conv_block import MAX_PATCH_SIZE, folded_conv_block
+
+DOWNSAMPLING = ("pool", "stride")
 
 
 class ConvBlock(nn.Sequential):
-    """``3x3 convolution → BatchNorm (batch statistics) → 2x2 max-pool → ReLU``.
+    """``3x3 convolution → BatchNorm (batch statistics) → 2x2 max-pool → ReLU``, or with
+    ``downsample="stride"`` a stride-2 convolution and no pool (MAML's Omniglot network).
 
     Children ``0`` (``nn.Conv2d``) and ``1`` (``nn.BatchNorm2d``) hold the parameters, as in
     the conventional ``conv → BatchNorm → ReLU → pool`` order, whose output this equals.
     """
 
-    def __init__(self, in_channels: int, out_channels: int) -> None:
+    def __init__(self, in_channels: int, out_channels: int, downsample: str = "pool") -> None:
+        if downsample not in DOWNSAMPLING:
+            raise ValueError(f"downsample must be one of {DOWNSAMPLING}, got {downsample!r}.")
+        stride = 2 if downsample == "stride" else 1
         super().__init__(
-            nn.Conv2d(in_channels, out_channels, kernel_size=3, padding=1),
+            nn.Conv2d(in_channels, out_channels, kernel_size=3, stride=stride, padding=1),
             nn.BatchNorm2d(out_channels, track_running_stats=False),
-            nn.MaxPool2d(2),
+            nn.MaxPool2d(2) if downsample == "pool" else nn.Identity(),
             nn.ReLU(),
         )
         self.folds_batchnorm = in_channels * 3 * 3 <= MAX_PATCH_SIZE
@@ -46,9 +52,10 @@ class ConvBlock(nn.Sequential):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         conv, norm, pool, relu = self
         if self.folds_batchnorm and norm.running_mean is None:
-            return folded_conv_bn_pool_relu(
-                x, conv.weight, conv.bias, norm.weight, norm.bias, eps=norm.eps, padding=1
-            )
+            return folded_conv_block(
+                x, conv.weight, conv.bias, norm.weight, norm.bias, eps=norm.eps, padding=1,
+                stride=conv.stride[0], pool=isinstance(pool, nn.MaxPool2d),
+            )  # fmt: skip
         return relu(pool(norm(conv(x))))
 
 
@@ -61,6 +68,9 @@ class Conv4(nn.Sequential):
         ways: number of output classes; ``None`` returns the flattened embedding.
         image_size: input height and width, which sets the embedding size (28x28 inputs:
             28→14→7→3→1, so ``hidden`` features; 84x84: 5x5x``hidden``).
+        downsample: ``"pool"`` (2x2 max-pools, as Vinyals et al. and Snell et al.) or
+            ``"stride"`` (stride-2 convolutions instead, as Finn et al. for Omniglot, §5.2:
+            28→14→7→4→2, so 2x2x``hidden`` features).
     """
 
     def __init__(
@@ -69,20 +79,21 @@ class Conv4(nn.Sequential):
         hidden: int = 64,
         ways: int | None = None,
         image_size: int = 28,
+        downsample: str = "pool",
     ) -> None:
         side = image_size
         for _ in range(4):
-            side //= 2
+            side = side // 2 if downsample == "pool" else (side + 1) // 2
         if side < 1:
             raise ValueError(
                 f"image_size must be at least 16 for four 2x2 pools, got {image_size}."
             )
         embedding_size = hidden * side * side
         layers: list[nn.Module] = [
-            ConvBlock(in_channels, hidden),
-            ConvBlock(hidden, hidden),
-            ConvBlock(hidden, hidden),
-            ConvBlock(hidden, hidden),
+            ConvBlock(in_channels, hidden, downsample),
+            ConvBlock(hidden, hidden, downsample),
+            ConvBlock(hidden, hidden, downsample),
+            ConvBlock(hidden, hidden, downsample),
             nn.Flatten(),
         ]
         if ways is not None:

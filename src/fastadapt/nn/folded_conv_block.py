@@ -40,7 +40,7 @@ MAX_PATCH_SIZE = 27
 """The largest patch size ``C_in·k_h·k_w`` for which the folded form is used (3x3 RGB)."""
 
 
-def folded_conv_bn_pool_relu(
+def folded_conv_block(
     x: torch.Tensor,
     weight: torch.Tensor,
     bias: torch.Tensor | None,
@@ -49,8 +49,11 @@ def folded_conv_bn_pool_relu(
     *,
     eps: float,
     padding: int,
+    stride: int = 1,
+    pool: bool = True,
 ) -> torch.Tensor:
-    """``relu(max_pool2d(batch_norm(conv2d(x, weight, bias, padding=padding)), 2))`` (module doc).
+    """``relu(max_pool2d(batch_norm(conv2d(x, weight, bias, stride, padding)), 2))`` (module
+    doc); without the max-pool when ``pool`` is false (strided Conv-4).
 
     Args:
         x: input ``[N, C_in, H, W]``.
@@ -61,12 +64,14 @@ def folded_conv_bn_pool_relu(
         eps: BatchNorm's ε.
         padding: the convolution's zero padding (patches include the padded zeros, as the
             convolution's do).
+        stride: the convolution's stride (the statistics are over its output positions).
+        pool: whether a 2x2 max-pool follows the normalisation.
 
-    Returns ``[N, C_out, H' // 2, W' // 2]`` (``H'``, ``W'``: the convolution's output size),
-    channels-last.
+    Returns ``[N, C_out, H' // 2, W' // 2]`` (``H'``, ``W'``: the convolution's output size;
+    ``H'``, ``W'`` without the pool), channels-last.
     """
     out_channels, kernel = weight.shape[0], weight.shape[2:]
-    patches = F.unfold(x, kernel, padding=padding)  # [N, K, H'·W']
+    patches = F.unfold(x, kernel, padding=padding, stride=stride)  # [N, K, H'·W']
     size = patches.shape[1]
     matrix, shift = _fold_batchnorm(
         patches.transpose(0, 1).reshape(size, -1), weight.reshape(out_channels, size), bias,
@@ -76,7 +81,8 @@ def folded_conv_bn_pool_relu(
     # convolution, and the weight's layout then picks the output's.
     folded = torch.empty_like(weight, memory_format=torch.channels_last)
     folded = folded.copy_(matrix.view_as(weight))
-    return F.max_pool2d(F.conv2d(x, folded, shift, padding=padding), 2).relu()
+    normalised = F.conv2d(x, folded, shift, stride=stride, padding=padding)
+    return (F.max_pool2d(normalised, 2) if pool else normalised).relu()
 
 
 def _fold_batchnorm(

@@ -17,8 +17,8 @@ from importlib import resources
 from typing import Any
 
 from fastadapt.algorithms.reptile import INNER_OPTIMIZERS
-from fastadapt.nn.conv4 import DOWNSAMPLING
 from fastadapt.errors import ConfigError
+from fastadapt.nn.conv4 import DOWNSAMPLING
 
 LR_SCHEDULES = ("step", "linear")
 """``step``: ``lr · lr_decay ** (s // lr_decay_every)``; ``linear``: from ``lr`` at step 0 down to

@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from fastadapt.nn.folded_conv_block import MAX_PATCH_SIZE, folded_conv_block
+from fastadapt.nn.image_input import check_image_batch
 
 DOWNSAMPLING = ("pool", "stride")
 
@@ -106,11 +107,5 @@ class Conv4(nn.Sequential):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Embeddings ``[n, embedding_size]`` (logits ``[n, ways]``) of images ``[n, C, H, W]``."""
-        if x.dim() != 4 or tuple(x.shape[1:]) != self.input_shape:
-            channels, height, width = self.input_shape
-            raise ValueError(
-                f"Conv4 expects images [n, {channels}, {height}, {width}] (channels, then "
-                f"image_size x image_size), got a tensor of shape {tuple(x.shape)}. Resize the "
-                "images or build the model with the matching in_channels and image_size."
-            )
+        check_image_batch("Conv4", x, self.input_shape)
         return super().forward(x.contiguous(memory_format=torch.channels_last))

@@ -21,6 +21,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from fastadapt.nn.image_input import check_image_batch
+
 WIDTHS = (64, 160, 320, 640)
 POOLS = ("avg", "flatten")
 
@@ -100,13 +102,7 @@ class ResNet12(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Embeddings ``[n, embedding_size]`` (logits ``[n, ways]``) of images ``[n, C, H, W]``."""
-        if x.dim() != 4 or tuple(x.shape[1:]) != self.input_shape:
-            channels, height, width = self.input_shape
-            raise ValueError(
-                f"ResNet12 expects images [n, {channels}, {height}, {width}] (channels, then "
-                f"image_size x image_size), got a tensor of shape {tuple(x.shape)}. Resize the "
-                "images or build the model with the matching in_channels and image_size."
-            )
+        check_image_batch("ResNet12", x, self.input_shape)
         features = self.blocks(x.contiguous(memory_format=torch.channels_last))
         embedding = features.mean(dim=(2, 3)) if self.pool == "avg" else features.flatten(1)
         return embedding if self.head is None else self.head(embedding)

@@ -30,6 +30,7 @@ import math
 import os
 import platform
 import random
+import resource
 import select
 import statistics
 import subprocess
@@ -97,6 +98,7 @@ class Benchmark:
     warmup: int = 20
     rounds: int = 30
     iters_per_round: int = 10
+    worker_args: tuple[str, ...] = ()  # the script's own options, passed on to every worker
 
 
 # ---------------------------------------------------------------------------------------------
@@ -151,7 +153,8 @@ def _serve(bench: Benchmark, args: argparse.Namespace, protocol: IO[str]) -> Non
     loss = torch.tensor(math.nan)
     for line in sys.stdin if step is not None else ():
         if line.strip() == "quit":
-            print(json.dumps({"final_loss": loss.item()}), file=protocol, flush=True)
+            answer = {"final_loss": loss.item(), "peak_rss_mib": _peak_rss_mib()}
+            print(json.dumps(answer), file=protocol, flush=True)
             return
         step()  # untimed: the first step after an idle wait runs ~1.5x slower
         times, loss = _time(step, int(line.split()[1]))
@@ -166,6 +169,11 @@ def _run_in_process(bench: Benchmark, args: argparse.Namespace) -> dict[str, Any
         row["final_loss"] = loss.item()
         _summarise(bench, {args.impl: row}, {args.impl: [[1e3 * t for t in times]]})
     return row
+
+
+def _peak_rss_mib() -> float:
+    """This process's peak resident memory (Linux reports ``ru_maxrss`` in KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def _percentile(sorted_values: Sequence[float], q: float) -> float:
@@ -189,11 +197,12 @@ def _first_line(exc: BaseException) -> str:
 class _Worker:
     """One implementation's worker subprocess, asked one command at a time."""
 
-    def __init__(self, script: str, name: str, python: str, args: argparse.Namespace) -> None:
+    def __init__(self, bench: Benchmark, name: str, python: str, args: argparse.Namespace) -> None:
         env = {**os.environ, **_ALLOCATOR_ENV}
         src = str(PROJECT_ROOT / "src")
         env["PYTHONPATH"] = os.pathsep.join(p for p in (src, env.get("PYTHONPATH")) if p)
-        command = [python, script, "--worker", name, "--threads", str(args.threads)]
+        command = [python, bench.script, *bench.worker_args, "--worker", name]
+        command += ["--threads", str(args.threads)]
         command += ["--warmup", str(args.warmup), "--shims-dir", args.shims_dir]
         self.timeout = args.timeout
         self.stderr = tempfile.TemporaryFile("w+")  # noqa: SIM115 (a file: never blocks)
@@ -237,7 +246,7 @@ def _start_workers(
         error = f"interpreter not found: {python}"
         rows[name] = {"impl": name, "python": python, "status": "not importable", "error": error}
         if Path(python).exists():
-            workers[name] = _Worker(bench.script, name, python, args)
+            workers[name] = _Worker(bench, name, python, args)
             try:
                 rows[name] = workers[name].ask(None)
             except ChildProcessError as exc:
@@ -312,14 +321,14 @@ def _table(
     bench: Benchmark, rows: list[dict[str, Any]], summary: dict[str, Any], rounds: int
 ) -> str:
     lines = [
-        "| implementation | library version | median ms | p10 ms | p90 ms "
+        "| implementation | library version | median ms | p10 ms | p90 ms | peak MiB "
         f"| fastadapt speed-up | range over {rounds} rounds |",
-        "|---|---|---:|---:|---:|---:|---:|",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
     ]
     for row in rows:
         if row["status"] != "ok":
             reason = f"{row['status']}: {row['error']}".replace("|", "\\|")
-            lines.append(f"| {row['impl']} | {row.get('version', '-')} | {reason} | | | | |")
+            lines.append(f"| {row['impl']} | {row.get('version', '-')} | {reason} | | | | | |")
             continue
         flag = "" if math.isfinite(row["final_loss"]) else " (non-finite loss!)"
         speedup, spread = "-", "-"
@@ -328,7 +337,8 @@ def _table(
             spread = "{:.2f}-{:.2f}x".format(*row["speedup_range"])
         lines.append(
             f"| {row['impl']}{flag} | {row['version']} | {row['median_ms']:.2f} "
-            f"| {row['p10_ms']:.2f} | {row['p90_ms']:.2f} | {speedup} | {spread} |"
+            f"| {row['p10_ms']:.2f} | {row['p90_ms']:.2f} | {row.get('peak_rss_mib', 0):.0f} "
+            f"| {speedup} | {spread} |"
         )
     lines.append("")
     fastest, ratio = summary["fastest_peer"], summary["speedup_vs_fastest_peer"]

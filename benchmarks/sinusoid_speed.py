@@ -50,6 +50,13 @@ from typing import Any
 
 import torch
 from _interleaved import OURS, PROJECT_ROOT, Benchmark, Impl, Step, main
+from _maml_peers import (
+    MamlWorkload,
+    build_higher,
+    build_learn2learn,
+    build_torchmeta,
+    build_torchopt,
+)
 from torch import nn
 from torch.nn.functional import mse_loss
 
@@ -185,9 +192,15 @@ def _build_torch_func(data: _TaskData) -> tuple[Step, str]:
     return step, "vmap(grad)"
 
 
-def _build_torchmeta(data: _TaskData) -> tuple[Step, str]:
+def _workload() -> MamlWorkload:
+    return MamlWorkload(
+        _make_tasks().per_task(), _plain_mlp, _meta_mlp, mse_loss, INNER_LR, OUTER_LR
+    )
+
+
+def _meta_mlp() -> nn.Module:
+    """The MLP as torchmeta's ``MetaSequential`` (imported only in the torchmeta worker)."""
     from torchmeta.modules import MetaLinear, MetaSequential
-    from torchmeta.utils.gradient_based import gradient_update_parameters
 
     model = MetaSequential(
         MetaLinear(1, HIDDEN),
@@ -197,101 +210,7 @@ def _build_torchmeta(data: _TaskData) -> tuple[Step, str]:
         MetaLinear(HIDDEN, 1),
     )
     model.load_state_dict(_initial_weights())
-    optimizer = _adam(model.parameters())
-    tasks = data.per_task()
-
-    def step() -> torch.Tensor:
-        optimizer.zero_grad()
-        total = torch.zeros(())
-        for support_x, support_y, query_x, query_y in tasks:
-            inner_loss = mse_loss(model(support_x), support_y)
-            params = gradient_update_parameters(
-                model, inner_loss, step_size=INNER_LR, first_order=False
-            )
-            total = total + mse_loss(model(query_x, params=params), query_y)
-        loss = total / len(tasks)
-        loss.backward()
-        optimizer.step()
-        return loss.detach()
-
-    return step, "gradient_update_parameters"
-
-
-def _build_learn2learn(data: _TaskData) -> tuple[Step, str]:
-    import learn2learn as l2l
-
-    maml = l2l.algorithms.MAML(_plain_mlp(), lr=INNER_LR, first_order=False)
-    optimizer = _adam(maml.parameters())
-    tasks = data.per_task()
-
-    def step() -> torch.Tensor:
-        optimizer.zero_grad()
-        total = torch.zeros(())
-        for support_x, support_y, query_x, query_y in tasks:
-            learner = maml.clone()
-            learner.adapt(mse_loss(learner(support_x), support_y))
-            total = total + mse_loss(learner(query_x), query_y)
-        loss = total / len(tasks)
-        loss.backward()
-        optimizer.step()
-        return loss.detach()
-
-    return step, "MAML.clone + adapt"
-
-
-def _build_higher(data: _TaskData) -> tuple[Step, str]:
-    import higher
-
-    model = _plain_mlp()
-    inner_optimizer = torch.optim.SGD(model.parameters(), lr=INNER_LR)
-    optimizer = _adam(model.parameters())
-    tasks = data.per_task()
-
-    def step() -> torch.Tensor:
-        optimizer.zero_grad()
-        total = torch.zeros(())
-        for support_x, support_y, query_x, query_y in tasks:
-            context = higher.innerloop_ctx(model, inner_optimizer, copy_initial_weights=False)
-            with context as (fmodel, diffopt):
-                diffopt.step(mse_loss(fmodel(support_x), support_y))
-                total = total + mse_loss(fmodel(query_x), query_y)
-        loss = total / len(tasks)
-        loss.backward()
-        optimizer.step()
-        return loss.detach()
-
-    return step, "innerloop_ctx"
-
-
-def _build_torchopt(data: _TaskData) -> tuple[Step, str]:
-    """torchopt's functional API (about 15% faster here than its ``MetaSGD`` module API)."""
-    import torchopt
-    from torch.func import functional_call
-
-    model = _plain_mlp()
-    inner_optimizer = torchopt.sgd(lr=INNER_LR)
-    optimizer = _adam(model.parameters())
-    tasks = data.per_task()
-
-    def step() -> torch.Tensor:
-        optimizer.zero_grad()
-        params = dict(model.named_parameters())
-        total = torch.zeros(())
-        for support_x, support_y, query_x, query_y in tasks:
-            inner_state = inner_optimizer.init(params)
-            inner_loss = mse_loss(functional_call(model, params, (support_x,)), support_y)
-            grads = torch.autograd.grad(inner_loss, tuple(params.values()), create_graph=True)
-            updates, _ = inner_optimizer.update(
-                dict(zip(params, grads, strict=True)), inner_state, inplace=False
-            )
-            adapted = torchopt.apply_updates(params, updates, inplace=False)
-            total = total + mse_loss(functional_call(model, adapted, (query_x,)), query_y)
-        loss = total / len(tasks)
-        loss.backward()
-        optimizer.step()
-        return loss.detach()
-
-    return step, "sgd + apply_updates (functional)"
+    return model
 
 
 BENCHMARK = Benchmark(
@@ -309,13 +228,13 @@ BENCHMARK = Benchmark(
         ),
         BASELINE: Impl("torch.func", lambda: _build_torch_func(_make_tasks()), peer=False),
         "torchmeta": Impl(
-            "torchmeta", lambda: _build_torchmeta(_make_tasks()), peer=True, shim="torchmeta"
+            "torchmeta", lambda: build_torchmeta(_workload()), peer=True, shim="torchmeta"
         ),
         "learn2learn": Impl(
-            "learn2learn", lambda: _build_learn2learn(_make_tasks()), peer=True, shim="l2l"
+            "learn2learn", lambda: build_learn2learn(_workload()), peer=True, shim="l2l"
         ),
-        "higher": Impl("higher", lambda: _build_higher(_make_tasks()), peer=True),
-        "torchopt": Impl("torchopt", lambda: _build_torchopt(_make_tasks()), peer=True),
+        "higher": Impl("higher", lambda: build_higher(_workload()), peer=True),
+        "torchopt": Impl("torchopt", lambda: build_torchopt(_workload()), peer=True),
     },
     peers=PEERS,
     baseline=BASELINE,

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fastadapt.engine.calibration import CALIBRATION, calibration_counts
 from fastadapt.tasks.task import TaskBatch
 
 Problem = Literal["regression", "classification"]
@@ -109,4 +110,24 @@ class MetaLearner(nn.Module, ABC):
         metrics = {self.loss_metric: self.task_losses(output, target)}
         if self.problem == "classification":
             metrics["accuracy"] = (output.argmax(dim=-1) == target).float().mean(dim=1)
+        return metrics
+
+    def evaluation_metrics(
+        self, output: torch.Tensor, target: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
+        """:meth:`query_metrics` as evaluation reports them.
+
+        A classifier's loss, the cross-entropy of the query labels under its predictive
+        distribution, is their negative log-likelihood: it is reported as ``nll``, with
+        ``accuracy`` and the per-task statistics ``calibration`` ``[B, bins, 3]`` from which
+        the evaluator computes the expected calibration error
+        (:mod:`fastadapt.engine.calibration`). Regression metrics are unchanged.
+        """
+        metrics = self.query_metrics(output, target)
+        if self.problem == "classification":
+            metrics = {
+                "nll": metrics.pop(self.loss_metric),
+                **metrics,
+                CALIBRATION: calibration_counts(output.softmax(dim=-1), target),
+            }
         return metrics

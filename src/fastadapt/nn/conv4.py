@@ -17,6 +17,11 @@ The blocks compute exactly that function, faster on a CPU:
 
 Parameter names and shapes are those of the plain ``conv → BatchNorm → ReLU → pool`` stack, so
 state dicts are interchangeable with it.
+
+Options for the variants of other papers: ``blocks`` (VERSA's mini-ImageNet network has five),
+``ceil_mode`` (pooling that keeps a last odd row and column, TensorFlow's ``"SAME"`` pooling:
+28x28 → 14 → 7 → 4 → 2, so 256 features, as in VERSA's Omniglot network) and ``dropout``
+(after each block, active in training mode only).
 """
 
 from __future__ import annotations
@@ -34,22 +39,33 @@ class ConvBlock(nn.Sequential):
     the conventional ``conv → BatchNorm → ReLU → pool`` order, whose output this equals.
     """
 
-    def __init__(self, in_channels: int, out_channels: int) -> None:
-        super().__init__(
+    def __init__(
+        self, in_channels: int, out_channels: int, *, ceil_mode: bool = False, dropout: float = 0.0
+    ) -> None:
+        layers: list[nn.Module] = [
             nn.Conv2d(in_channels, out_channels, kernel_size=3, padding=1),
             nn.BatchNorm2d(out_channels, track_running_stats=False),
-            nn.MaxPool2d(2),
+            nn.MaxPool2d(2, ceil_mode=ceil_mode),
             nn.ReLU(),
-        )
+        ]
+        if dropout > 0:
+            layers.append(nn.Dropout(dropout))
+        super().__init__(*layers)
         self.folds_batchnorm = in_channels * 3 * 3 <= MAX_PATCH_SIZE
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        conv, norm, pool, relu = self
-        if self.folds_batchnorm and norm.running_mean is None:
-            return folded_conv_bn_pool_relu(
+        conv, norm, pool, relu, *dropout = self
+        # The folded form pools with floor; with ceil_mode it only fits even-sized inputs.
+        odd = x.shape[-1] % 2 == 1 or x.shape[-2] % 2 == 1
+        if self.folds_batchnorm and norm.running_mean is None and not (pool.ceil_mode and odd):
+            out = folded_conv_bn_pool_relu(
                 x, conv.weight, conv.bias, norm.weight, norm.bias, eps=norm.eps, padding=1
             )
-        return relu(pool(norm(conv(x))))
+        else:
+            out = relu(pool(norm(conv(x))))
+        for layer in dropout:
+            out = layer(out)
+        return out
 
 
 class Conv4(nn.Sequential):
@@ -61,6 +77,10 @@ class Conv4(nn.Sequential):
         ways: number of output classes; ``None`` returns the flattened embedding.
         image_size: input height and width, which sets the embedding size (28x28 inputs:
             28→14→7→3→1, so ``hidden`` features; 84x84: 5x5x``hidden``).
+        blocks: number of conv blocks (4; VERSA's mini-ImageNet network has 5: 84x84 → 2x2).
+        ceil_mode: pool with ceil instead of floor, keeping a last odd row and column
+            (28x28: 28→14→7→4→2, so 4·``hidden`` features, VERSA's Omniglot network).
+        dropout: dropout probability after each block (0: none).
     """
 
     def __init__(
@@ -69,22 +89,30 @@ class Conv4(nn.Sequential):
         hidden: int = 64,
         ways: int | None = None,
         image_size: int = 28,
+        *,
+        blocks: int = 4,
+        ceil_mode: bool = False,
+        dropout: float = 0.0,
     ) -> None:
+        if isinstance(blocks, bool) or not isinstance(blocks, int) or blocks < 1:
+            raise ValueError(f"blocks must be a positive integer, got {blocks!r}.")
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"dropout must be a probability in [0, 1), got {dropout!r}.")
         side = image_size
-        for _ in range(4):
-            side //= 2
+        for _ in range(blocks):
+            side = -(-side // 2) if ceil_mode else side // 2
         if side < 1:
             raise ValueError(
-                f"image_size must be at least 16 for four 2x2 pools, got {image_size}."
+                f"image_size must be at least {2**blocks} for {blocks} 2x2 pools, got {image_size}."
             )
         embedding_size = hidden * side * side
         layers: list[nn.Module] = [
-            ConvBlock(in_channels, hidden),
-            ConvBlock(hidden, hidden),
-            ConvBlock(hidden, hidden),
-            ConvBlock(hidden, hidden),
-            nn.Flatten(),
+            ConvBlock(
+                in_channels if block == 0 else hidden, hidden, ceil_mode=ceil_mode, dropout=dropout
+            )
+            for block in range(blocks)
         ]
+        layers.append(nn.Flatten())
         if ways is not None:
             layers.append(nn.Linear(embedding_size, ways))
         super().__init__(*layers)

@@ -34,10 +34,13 @@ class TaskConfig:
 
 @dataclass
 class DataConfig:
-    """Where an image dataset (``task.family`` = its name) lives and how it is decoded."""
+    """Where an image dataset (``task.family`` = its name) lives, how it is decoded, and which
+    split of its classes into train / val / test is used: ``split`` names one (``""``: the
+    dataset's standard split; Omniglot: ``"vinyals"``, its standard, or ``"versa"``)."""
 
     root: str = ""
     image_size: int = 28
+    split: str = ""
 
 
 @dataclass
@@ -46,6 +49,9 @@ class ModelConfig:
     hidden: list[int] = field(default_factory=lambda: [40, 40])
     activation: str = "relu"
     init: str = "torch"
+    blocks: int = 4
+    ceil_mode: bool = False
+    dropout: float = 0.0
 
 
 @dataclass
@@ -61,6 +67,7 @@ class AlgorithmConfig:
     distance: str = "euclidean"
     fce: bool = False
     read_steps: int | None = None
+    samples: int = 10
 
 
 @dataclass
@@ -150,6 +157,8 @@ class RunConfig:
             "task.queries": self.task.queries,
             "algorithm.inner_steps": self.algorithm.inner_steps,
             "algorithm.inner_lr": self.algorithm.inner_lr,
+            "algorithm.samples": self.algorithm.samples,
+            "model.blocks": self.model.blocks,
             "train.steps": self.train.steps,
             "train.meta_batch": self.train.meta_batch,
             "train.lr": self.train.lr,
@@ -179,6 +188,11 @@ class RunConfig:
                 raise ConfigError(
                     f"{key} must be positive, got {value!r}; set it with --set {key}=<value>."
                 )
+        if not 0.0 <= self.model.dropout < 1.0:
+            raise ConfigError(
+                f"model.dropout must be a probability in [0, 1), got {self.model.dropout!r}; "
+                "e.g. --set model.dropout=0.1."
+            )
         if any(hidden < 1 for hidden in self.model.hidden):
             raise ConfigError(f"model.hidden sizes must be positive, got {self.model.hidden}.")
         if any(step < 0 for step in self.eval.report_steps):

@@ -54,6 +54,22 @@ class Predictor:
         return self(x).softmax(dim=-1)
 
 
+class GaussianPredictor(Predictor):
+    """A regression predictor with a Gaussian predictive distribution: ``predictor(x)`` and
+    ``predict`` give its mean, :meth:`predict_variance` its variance."""
+
+    def __init__(
+        self, forward: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+    ) -> None:
+        super().__init__(lambda x: forward(x)[0], "regression")
+        self._distribution = forward
+
+    def predict_variance(self, x: torch.Tensor) -> torch.Tensor:
+        """The predictive variance at ``x``, the shape of the mean; positive and finite."""
+        with torch.no_grad():
+            return self._distribution(x)[1]
+
+
 def task_loss(problem: Problem, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Loss of one task: mean squared error, or cross-entropy over the task's classes."""
     if problem == "regression":

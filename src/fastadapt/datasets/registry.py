@@ -87,7 +87,8 @@ def _tiered_imagenet(root: Path, split: str, download: bool) -> ClassSet:
 DATASETS: dict[str, DatasetEntry] = {
     "omniglot": DatasetEntry(
         "Lake et al. 2015: 1623 handwritten characters x 20 drawers; Vinyals split with "
-        "rotations as classes (4112 / 688 / 1692 classes)",
+        "rotations as classes (4112 / 688 / 1692 classes); data.split=versa: VERSA's random "
+        "1100 / 100 / 423 characters (4400 / 400 / 1692 classes)",
         "downloaded: images_background.zip, images_evaluation.zip (brendenlake/omniglot)",
         "omniglot",
         ("train", "val", "test"),

@@ -188,3 +188,36 @@ def test_bad_input_is_refused_with_a_clear_error() -> None:
     wrong_width = Versa(nn.Identity(), 4)
     with pytest.raises(ValueError, match="returned 6 features per input but feature_dim is 4"):
         wrong_width.meta_loss(batch)
+
+
+def _cluster_tasks(tasks: int, generator: torch.Generator) -> TaskBatch:
+    """5-way 1-shot tasks of Gaussian clusters in 8-D, three queries per class."""
+    centres = 2 * torch.randn(tasks, 5, 8, generator=generator)
+    support_y = torch.arange(5).expand(tasks, -1)
+    query_y = torch.arange(5).repeat(3).expand(tasks, -1)
+
+    def draw(labels: torch.Tensor) -> torch.Tensor:
+        at = centres.gather(1, labels.unsqueeze(-1).expand(-1, -1, 8))
+        return at + torch.randn(at.shape, generator=generator)
+
+    return TaskBatch(draw(support_y), support_y, draw(query_y), query_y)
+
+
+def test_meta_training_learns_to_classify_new_tasks() -> None:
+    torch.manual_seed(0)
+    learner = Versa(nn.Sequential(nn.Linear(8, 32), nn.ReLU()), 32, samples=5)
+    optimizer = torch.optim.Adam(learner.parameters(), lr=1e-3)
+    generator = torch.Generator().manual_seed(0)
+    held_out = _cluster_tasks(200, torch.Generator().manual_seed(1))
+    learner.eval()
+    before = learner.task_metrics(held_out)
+    learner.train()
+    for _ in range(300):
+        loss = learner.meta_loss(_cluster_tasks(16, generator)).loss
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    learner.eval()
+    after = learner.task_metrics(held_out)
+    assert before["accuracy"].mean() < 0.3 and after["accuracy"].mean() > 0.85
+    assert after["nll"].mean() < 0.5 * before["nll"].mean()

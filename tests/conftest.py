@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
+
+import numpy as np
 import pytest
 import torch
 from torch import nn
 
+from fastadapt.datasets import registry
+from fastadapt.datasets.class_set import ClassSet
 from fastadapt.tasks.task import TaskBatch
 
 
@@ -44,3 +49,42 @@ def image_batch(tasks: int = 3, per_task: int = 6, dtype=torch.float64) -> TaskB
 @pytest.fixture(autouse=True)
 def _seed() -> None:
     torch.manual_seed(0)
+
+
+def _fake_omniglot(root, split: str, download: bool) -> ClassSet:
+    """Six 28x28 classes of eight images per split, each class a noisy copy of its template."""
+    rng = np.random.default_rng({"train": 0, "val": 1, "test": 2}[split])
+    templates = rng.integers(0, 256, size=(6, 28, 28))
+    noise = rng.integers(-30, 31, size=(6, 8, 28, 28))
+    images = np.clip(templates[:, None] + noise, 0, 255).astype(np.uint8).reshape(48, 28, 28)
+    labels = np.repeat(np.arange(6), 8)
+    return ClassSet(images, labels, [f"{split}-{c}" for c in range(6)])
+
+
+def install_fake_omniglot(patch: pytest.MonkeyPatch) -> None:
+    """Replace the omniglot dataset, in every class split, by :func:`_fake_omniglot` (tiny runs
+    through the trainer)."""
+    entry = registry.DATASETS["omniglot"]
+    splits = dict.fromkeys(entry.other_splits, _fake_omniglot)
+    fake = dataclasses.replace(entry, load=_fake_omniglot, other_splits=splits)
+    patch.setitem(registry.DATASETS, "omniglot", fake)
+
+
+@pytest.fixture
+def fake_omniglot(monkeypatch: pytest.MonkeyPatch) -> None:
+    install_fake_omniglot(monkeypatch)
+
+
+TINY_RUN = [
+    "task.ways=3",
+    "task.queries=2",
+    "train.steps=4",
+    "train.val_every=2",
+    "train.val_tasks=4",
+    "train.checkpoint_every=2",
+    "train.log_every=1",
+    "eval.ways=3",
+    "eval.queries=2",
+    "eval.tasks=6",
+    "eval.batch=3",
+]

@@ -4,19 +4,17 @@ folder of photos, preprocessed exactly as in training; every bad input is named.
 from __future__ import annotations
 
 import csv
-import dataclasses
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from conftest import TINY_RUN, install_fake_omniglot
 from PIL import Image, ImageDraw
 
 import fastadapt
 from fastadapt.cli import main
 from fastadapt.config import load_preset
-from fastadapt.datasets import registry
-from fastadapt.datasets.class_set import ClassSet
 from fastadapt.datasets.image_folder import image_folder
 from fastadapt.engine.build import build_learner
 from fastadapt.engine.run import train_run
@@ -25,35 +23,12 @@ from fastadapt.inference.model import LoadedModel
 from fastadapt.inference.preprocess import Preprocessing
 
 KINDS = ("bolt", "gear", "washer")
-TINY_RUN = [
-    "task.ways=3",
-    "task.queries=2",
-    "train.steps=4",
-    "train.val_every=2",
-    "train.val_tasks=4",
-    "train.checkpoint_every=2",
-    "train.log_every=1",
-    "eval.ways=3",
-    "eval.queries=2",
-    "eval.tasks=6",
-    "eval.batch=3",
-]
-
-
-def _fake_omniglot(root, split: str, download: bool) -> ClassSet:
-    """Six 28x28 classes of eight images per split, each class a noisy copy of its template."""
-    rng = np.random.default_rng({"train": 0, "val": 1, "test": 2}[split])
-    templates = rng.integers(0, 256, size=(6, 28, 28))
-    noise = rng.integers(-30, 31, size=(6, 8, 28, 28))
-    images = np.clip(templates[:, None] + noise, 0, 255).astype(np.uint8).reshape(48, 28, 28)
-    return ClassSet(images, np.repeat(np.arange(6), 8), [f"{split}-{c}" for c in range(6)])
 
 
 def train_tiny(out: Path, preset: str = "protonet-omniglot-1shot", *extra: str) -> Path:
     """A run of ``preset`` trained for four steps on fake Omniglot, in about a second."""
     with pytest.MonkeyPatch.context() as patch:
-        entry = dataclasses.replace(registry.DATASETS["omniglot"], load=_fake_omniglot)
-        patch.setitem(registry.DATASETS, "omniglot", entry)
+        install_fake_omniglot(patch)
         train_run(load_preset(preset).override([*TINY_RUN, *extra]), out, progress=False)
     return out
 

@@ -3,18 +3,15 @@ checkpoint round trips and non-finite embeddings through the trainer."""
 
 from __future__ import annotations
 
-import dataclasses
 import math
 
-import numpy as np
 import pytest
 import torch
+from conftest import TINY_RUN
 from torch import nn
 
 from fastadapt import Conv4, MatchingNet, ProtoNet, TaskBatch
 from fastadapt.config import load_preset
-from fastadapt.datasets import registry
-from fastadapt.datasets.class_set import ClassSet
 from fastadapt.engine.checkpoint import load_checkpoint
 from fastadapt.engine.run import evaluate_run, train_run
 from fastadapt.errors import NonFiniteLossError
@@ -110,37 +107,6 @@ def test_full_context_embeddings_read_the_support_set_as_a_sequence() -> None:
 
 
 # --------------------------------------------------------------------- through the trainer
-
-
-def _fake_omniglot(root, split: str, download: bool) -> ClassSet:
-    """Six 28x28 classes of eight images per split, each class a noisy copy of its template."""
-    rng = np.random.default_rng({"train": 0, "val": 1, "test": 2}[split])
-    templates = rng.integers(0, 256, size=(6, 28, 28))
-    noise = rng.integers(-30, 31, size=(6, 8, 28, 28))
-    images = np.clip(templates[:, None] + noise, 0, 255).astype(np.uint8).reshape(48, 28, 28)
-    labels = np.repeat(np.arange(6), 8)
-    return ClassSet(images, labels, [f"{split}-{c}" for c in range(6)])
-
-
-@pytest.fixture
-def fake_omniglot(monkeypatch):
-    entry = dataclasses.replace(registry.DATASETS["omniglot"], load=_fake_omniglot)
-    monkeypatch.setitem(registry.DATASETS, "omniglot", entry)
-
-
-TINY_RUN = [
-    "task.ways=3",
-    "task.queries=2",
-    "train.steps=4",
-    "train.val_every=2",
-    "train.val_tasks=4",
-    "train.checkpoint_every=2",
-    "train.log_every=1",
-    "eval.ways=3",
-    "eval.queries=2",
-    "eval.tasks=6",
-    "eval.batch=3",
-]
 
 
 @pytest.mark.parametrize("preset", ["protonet-omniglot-1shot", "matching-omniglot-1shot"])

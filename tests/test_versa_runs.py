@@ -3,11 +3,10 @@ reliability diagram; regression prints mse and nll and draws its predictions wit
 
 from __future__ import annotations
 
-import dataclasses
 import json
 
 import pytest
-from test_adapt import TINY_RUN, _fake_omniglot
+from conftest import TINY_RUN
 
 from fastadapt.cli import main
 from fastadapt.config import load_preset
@@ -16,13 +15,6 @@ from fastadapt.engine.run import _check_resume_compatible
 from fastadapt.errors import ConfigError
 
 pytest.importorskip("matplotlib")
-
-
-@pytest.fixture
-def fake_omniglot(monkeypatch) -> None:
-    entry = registry.DATASETS["omniglot"]
-    fake = dataclasses.replace(entry, load=_fake_omniglot, other_splits={"versa": _fake_omniglot})
-    monkeypatch.setitem(registry.DATASETS, "omniglot", fake)
 
 
 def _sets(*assignments: str) -> list[str]:

@@ -30,10 +30,11 @@ and each query gets L independent draws ``a_l = mean + √variance · ε_l``, ``
 Per query this is the same predictive distribution as sampling the weights, with lower
 variance gradients.
 
-**The ML-PIP objective** (Eq. 3, estimated as in Eq. 4) is the negative log of the Monte
-Carlo predictive likelihood of the query labels, averaged over queries and tasks:
+**The ML-PIP objective** (Eq. 3, estimated as in Eq. 4) maximises the log of the Monte Carlo
+predictive likelihood of the query labels, averaged over the M queries of each of T tasks; the
+loss is its negative,
 
-    L̂(θ, φ) = -(1/MT) Σ_{t,m} log (1/L) Σ_l p(ỹ_m | x̃_m, ψ_l).
+    loss(θ, φ) = -(1/MT) Σ_{t,m} log (1/L) Σ_l p(ỹ_m | x̃_m, ψ_l),   ψ_l ~ q_φ(ψ | D_t).
 
 It is computed in log space: ``logsumexp_l log_softmax(a_l)_y - log L``, never as the log of
 an average of probabilities, so it stays finite and exact when the probabilities underflow

@@ -10,9 +10,9 @@ layer), and task-specific parameters ψ = (W, b), the last layer, with an amorti
 computed in one forward pass from the support set ``D = {(x_i, y_i)}``: every pair is encoded
 (``[θ(x_i), y_i]`` through two ELU layers), the codes are mean-pooled, which makes ``q``
 invariant to the order of the support set and defined for any number of shots, and the pooled
-code goes through the amortisation network (:class:`~fastadapt.nn.amortisation.
-GaussianAmortisation`). The likelihood is Gaussian, ``y | x, ψ ~ N(W θ(x) + b, σ²_y)``, with a
-learned observation noise σ²_y shared by all tasks.
+code goes through the amortisation network
+(:class:`~fastadapt.nn.amortisation.GaussianAmortisation`). The likelihood is Gaussian,
+``y | x, ψ ~ N(W θ(x) + b, σ²_y)``, with a learned observation noise σ²_y shared by all tasks.
 
 **The predictive is exact.** The outputs are linear in ψ and the likelihood is Gaussian, so
 the integral of the ML-PIP objective (Eq. 3) has a closed form: for a query x̃ with features
@@ -23,8 +23,8 @@ the integral of the ML-PIP objective (Eq. 3) has a closed form: for a query x̃ 
 
 and the objective is the negative log density of the query targets under it, averaged over
 queries and tasks: the L → ∞ limit of the Monte Carlo estimate (Eq. 4), with no sampling noise
-and no samples to choose. Every variance is floored
-(:data:`~fastadapt.nn.amortisation.VARIANCE_FLOOR`), so the predictive variance is positive
+and no samples to choose. Every variance is floored and its log clamped from above
+(:func:`~fastadapt.nn.amortisation.floored_variance`), so the predictive variance is positive
 and finite and the log density never NaN.
 
 The predictor of :meth:`VersaRegression.adapt` is a

@@ -24,7 +24,13 @@ import torch
 
 from fastadapt.algorithms.base import MetaLearner
 from fastadapt.config import RunConfig, flatten
-from fastadapt.engine.build import TaskFamily, build_learner, build_optimizer, build_task_family
+from fastadapt.engine.build import (
+    TASK_FAMILIES,
+    TaskFamily,
+    build_learner,
+    build_optimizer,
+    build_task_family,
+)
 from fastadapt.engine.calibration import CALIBRATION
 from fastadapt.engine.checkpoint import load_checkpoint
 from fastadapt.engine.evaluate import collect_task_metrics, estimates_to_json, summarise
@@ -50,7 +56,7 @@ RESUME_NEUTRAL = (
 RESUME_NEUTRAL_SECTIONS = ("eval.", "reference.")
 #: Algorithms with an inner loop, whose evaluation protocol includes its steps and rate.
 GRADIENT_BASED = ("maml",)
-#: Algorithms whose predictions average Monte Carlo samples (the protocol records how many).
+#: Algorithms whose classifications average Monte Carlo samples (the protocol records how many).
 SAMPLING = ("versa",)
 #: Sinusoid test tasks drawn by ``--plots``.
 PLOTTED_TASKS = (0, 1, 2, 3)
@@ -228,9 +234,10 @@ def protocol(config: RunConfig) -> dict[str, Any]:
         if config.algorithm.name in GRADIENT_BASED
         else {}
     )
+    classifies = TASK_FAMILIES[config.task.family].problem == "classification"
     samples = (
         {"samples": config.algorithm.samples}
-        if config.algorithm.name in SAMPLING and config.task.family != "sinusoid"
+        if config.algorithm.name in SAMPLING and classifies
         else {}
     )
     class_split = {"class_split": config.data.split} if config.data.split else {}

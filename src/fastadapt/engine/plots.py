@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from fastadapt.algorithms.base import GaussianPredictor, MetaLearner
+from fastadapt.algorithms.base import GaussianPredictor, MetaLearner, Predictor
 from fastadapt.engine.calibration import expected_calibration_error
 from fastadapt.errors import FastAdaptError, RunDirectoryError
 from fastadapt.io.atomic import atomic_write
@@ -175,7 +175,8 @@ def plot_sinusoid_predictions(
     return _save(plt, figure, out)
 
 
-def _draw_prediction(axis: Any, predictor: Any, grid: torch.Tensor) -> None:
+def _draw_prediction(axis: Any, predictor: Predictor, grid: torch.Tensor) -> None:
+    """The predictive mean over ``grid`` and, for a Gaussian predictor, its ± 2σ band."""
     mean = predictor.predict(grid).squeeze(-1)
     (line,) = axis.plot(grid, mean, label="predictive mean")
     if isinstance(predictor, GaussianPredictor):

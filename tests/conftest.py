@@ -62,9 +62,12 @@ def _fake_omniglot(root, split: str, download: bool) -> ClassSet:
 
 
 def install_fake_omniglot(patch: pytest.MonkeyPatch) -> None:
-    """Replace the omniglot dataset by :func:`_fake_omniglot` (tiny runs through the trainer)."""
-    entry = dataclasses.replace(registry.DATASETS["omniglot"], load=_fake_omniglot)
-    patch.setitem(registry.DATASETS, "omniglot", entry)
+    """Replace the omniglot dataset, in every class split, by :func:`_fake_omniglot` (tiny runs
+    through the trainer)."""
+    entry = registry.DATASETS["omniglot"]
+    splits = dict.fromkeys(entry.other_splits, _fake_omniglot)
+    fake = dataclasses.replace(entry, load=_fake_omniglot, other_splits=splits)
+    patch.setitem(registry.DATASETS, "omniglot", fake)
 
 
 @pytest.fixture

@@ -170,3 +170,39 @@ def test_maml_refuses_batchnorm_with_running_statistics() -> None:
 
     with pytest.raises(ValueError, match=r"track running statistics.*track_running_stats=False"):
         MAML(ResNet12(widths=(2, 2, 2, 2), image_size=16, ways=2), problem="classification")
+
+
+@pytest.mark.parametrize("side", [7, 10])
+def test_ceil_mode_block_equals_textbook_block_on_odd_and_even_inputs(side: int) -> None:
+    # Odd inputs cannot use the folded form (it pools with floor): the block falls back.
+    torch.manual_seed(side)
+    block = ConvBlock(1, 6, ceil_mode=True).double()
+    _randomise_affine(block)
+    plain = _plain_block(block)
+    plain[3] = nn.MaxPool2d(2, ceil_mode=True)
+    x = torch.rand(5, 1, side, side, dtype=torch.float64)
+    torch.testing.assert_close(block(x), plain(x), rtol=1e-10, atol=1e-10)
+    assert block(x).shape[-1] == (side + 1) // 2
+
+
+def test_variant_options_set_the_feature_size_and_dropout_acts_in_training_only() -> None:
+    # VERSA's networks: ceil pooling on Omniglot (28→14→7→4→2), five blocks on mini-ImageNet
+    # (84→42→21→10→5→2), both 2x2x64 = 256 features.
+    versa_omniglot = Conv4(1, ceil_mode=True)
+    assert versa_omniglot.embedding_size == 256
+    assert versa_omniglot(torch.rand(2, 1, 28, 28)).shape == (2, 256)
+    versa_mini = Conv4(3, image_size=84, blocks=5, dropout=0.5)
+    assert versa_mini.embedding_size == 256
+    x = torch.rand(3, 3, 84, 84)
+    torch.manual_seed(0)
+    assert not torch.equal(versa_mini(x), versa_mini(x))
+    versa_mini.eval()
+    torch.testing.assert_close(versa_mini(x), versa_mini(x))
+    # Dropout has no parameters: parameter names are those of the plain network.
+    assert set(versa_mini.state_dict()) == set(Conv4(3, image_size=84, blocks=5).state_dict())
+    with pytest.raises(ValueError, match="blocks must be a positive integer"):
+        Conv4(1, blocks=0)
+    with pytest.raises(ValueError, match=r"dropout must be a probability in \[0, 1\)"):
+        Conv4(1, dropout=1.0)
+    with pytest.raises(ValueError, match="image_size must be at least 32 for 5"):
+        Conv4(1, image_size=28, blocks=5)

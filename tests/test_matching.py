@@ -134,10 +134,11 @@ def test_any_ways_and_shots_at_test_time(fce: bool) -> None:
     for ways, shots in [(2, 1), (5, 3)]:
         batch = make_batch(3, ways=ways, shots=shots, queries=2, seed=5)
         metrics = net.task_metrics(batch)
-        assert set(metrics) == {"loss", "accuracy"}
-        assert metrics["loss"].shape == metrics["accuracy"].shape == (3,)
-        assert torch.isfinite(metrics["loss"]).all()
-        assert not metrics["loss"].requires_grad
+        assert set(metrics) == {"nll", "accuracy", "calibration"}
+        assert metrics["nll"].shape == metrics["accuracy"].shape == (3,)
+        assert metrics["calibration"].shape == (3, 15, 3)
+        assert torch.isfinite(metrics["nll"]).all()
+        assert not metrics["nll"].requires_grad
         predictor = net.adapt(batch.support_x[0], batch.support_y[0])
         assert predictor(batch.query_x[0]).shape == (2 * ways, ways)
 

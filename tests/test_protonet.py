@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fastadapt.algorithms._support import check_class_labels, class_means
 from fastadapt.algorithms.protonet import ProtoNet
 from fastadapt.nn.conv4 import Conv4
 from fastadapt.tasks.task import TaskBatch
@@ -74,8 +75,10 @@ def test_prototypes_and_logits_match_naive_loop(distance: str, shots: int) -> No
     embedding = mlp_embedding()
     learner = ProtoNet(embedding, distance=distance)
     batch = random_batch(tasks=4, ways=3, shots=shots, queries=2, seed=shots)
-    ways = learner._check_labels(batch.support_x, batch.support_y, batch.query_x, batch.query_y)
-    protos = learner._prototypes(learner._embed(batch.support_x), batch.support_y, ways)
+    ways = check_class_labels(
+        "ProtoNet", batch.support_x, batch.support_y, batch.query_x, batch.query_y
+    )
+    protos = class_means(learner._embed(batch.support_x), batch.support_y, ways)
     logits = learner._logits(learner._embed(batch.query_x), protos)
     ref_protos, ref_logits = naive_logits(embedding, batch, distance)
     torch.testing.assert_close(protos, torch.stack(ref_protos), rtol=1e-10, atol=1e-10)
@@ -84,7 +87,7 @@ def test_prototypes_and_logits_match_naive_loop(distance: str, shots: int) -> No
     ref_losses = torch.stack(
         [F.cross_entropy(lg, batch.query_y[b]) for b, lg in enumerate(ref_logits)]
     )
-    torch.testing.assert_close(metrics["loss"], ref_losses, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(metrics["nll"], ref_losses, rtol=1e-10, atol=1e-10)
     assert metrics["accuracy"].shape == (4,)
 
 
@@ -124,7 +127,7 @@ def test_squared_distance_is_never_negative_and_zero_at_the_prototype() -> None:
     # Large norms make the ||q||² - 2 q·c + ||c||² expansion lose precision in float32.
     sx = (1e3 + torch.randn(1, 3, 1, 8, 8, generator=g)).float()
     batch = TaskBatch(sx, torch.tensor([[0, 1, 2]]), sx.clone(), torch.tensor([[0, 1, 2]]))
-    protos = learner._prototypes(learner._embed(batch.support_x), batch.support_y, 3)
+    protos = class_means(learner._embed(batch.support_x), batch.support_y, 3)
     logits = learner._logits(learner._embed(batch.query_x), protos)
     assert (logits <= 0).all()
     assert torch.isfinite(logits).all()
@@ -145,8 +148,8 @@ def test_any_ways_and_shots_at_test_time() -> None:
             tasks=3, ways=ways, shots=shots, queries=4, seed=ways, dtype=torch.float32
         )
         metrics = learner.task_metrics(batch)
-        assert metrics["loss"].shape == metrics["accuracy"].shape == (3,)
-        assert torch.isfinite(metrics["loss"]).all()
+        assert metrics["nll"].shape == metrics["accuracy"].shape == (3,)
+        assert torch.isfinite(metrics["nll"]).all()
         predictor = learner.adapt(batch.support_x[0], batch.support_y[0])
         assert predictor(batch.query_x[0]).shape == (ways * 4, ways)
 
@@ -200,7 +203,7 @@ def test_adapt_predictor_agrees_with_task_metrics() -> None:
     metrics = learner.task_metrics(batch[0:1])
     torch.testing.assert_close(accuracy, metrics["accuracy"][0])
     torch.testing.assert_close(
-        F.cross_entropy(logits, task.query_y), metrics["loss"][0], rtol=1e-5, atol=1e-5
+        F.cross_entropy(logits, task.query_y), metrics["nll"][0], rtol=1e-5, atol=1e-5
     )
 
 

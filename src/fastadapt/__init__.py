@@ -1,10 +1,12 @@
 """fastadapt: meta-learning for PyTorch, with the inner loop batched over tasks."""
 
 from fastadapt._version import __version__
-from fastadapt.algorithms.base import LossOutput, MetaLearner, Predictor
+from fastadapt.algorithms.base import GaussianPredictor, LossOutput, MetaLearner, Predictor
 from fastadapt.algorithms.maml import MAML
 from fastadapt.algorithms.matching import MatchingNet
 from fastadapt.algorithms.protonet import ProtoNet
+from fastadapt.algorithms.versa import Versa
+from fastadapt.algorithms.versa_regression import VersaRegression
 from fastadapt.config import RunConfig, list_presets, load_preset
 from fastadapt.engine.evaluate import Estimate, evaluate
 from fastadapt.errors import (
@@ -31,6 +33,7 @@ __all__ = [
     "Conv4",
     "Estimate",
     "FastAdaptError",
+    "GaussianPredictor",
     "LoadedModel",
     "LossOutput",
     "MatchingNet",
@@ -45,6 +48,8 @@ __all__ = [
     "SupportSetError",
     "Task",
     "TaskBatch",
+    "Versa",
+    "VersaRegression",
     "__version__",
     "evaluate",
     "list_presets",

@@ -79,7 +79,8 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument(
         "--plots",
         action="store_true",
-        help="redraw RUN/curves.png whenever metrics are written (needs the plots extra)",
+        help="redraw RUN/curves.png whenever metrics are written, and draw the test "
+        "evaluation's figures (see eval --plots; needs the plots extra)",
     )
     train.set_defaults(handler=_train)
 
@@ -101,6 +102,13 @@ def _parser() -> argparse.ArgumentParser:
     )
     evaluate.add_argument(
         "--checkpoint", choices=("best", "last"), default="best", help="which checkpoint"
+    )
+    evaluate.add_argument(
+        "--plots",
+        action="store_true",
+        help="also draw RUN_DIR/reliability.png (classifiers: accuracy against confidence) or "
+        "RUN_DIR/predictions.png (sinusoid regression: predictions, ± 2σ where the learner "
+        "has a predictive variance, against the true functions); needs the plots extra",
     )
     evaluate.set_defaults(handler=_eval)
 
@@ -215,7 +223,7 @@ def _train(args: argparse.Namespace) -> int:
         config, out, resume=args.resume, progress=not args.no_progress, plots=args.plots
     )
     print(f"run folder: {out}")
-    _print_record(record)
+    _print_record(record, out)
     return 0
 
 
@@ -223,8 +231,10 @@ def _eval(args: argparse.Namespace) -> int:
     overrides = list(args.overrides)
     if args.tasks is not None:
         overrides.append(f"eval.tasks={args.tasks}")
-    record = evaluate_run(args.run_dir, overrides=overrides, checkpoint=args.checkpoint)
-    _print_record(record)
+    record = evaluate_run(
+        args.run_dir, overrides=overrides, checkpoint=args.checkpoint, plots=args.plots
+    )
+    _print_record(record, args.run_dir)
     return 0
 
 
@@ -312,7 +322,7 @@ def _show_warning(
     print(f"fastadapt: warning: {message}", file=sys.stderr)
 
 
-def _print_record(record: dict[str, Any]) -> None:
+def _print_record(record: dict[str, Any], run_dir: Path) -> None:
     protocol = ", ".join(f"{k}={v}" for k, v in record["protocol"].items())
     print(f"evaluation of {record['checkpoint']} (step {record['step']}); protocol: {protocol}")
     paper = record["reference"].get("values", {})
@@ -320,6 +330,8 @@ def _print_record(record: dict[str, Any]) -> None:
     for name, m in record["metrics"].items():
         target = f"   paper {paper[name]:g}" if name in paper else ""
         print(f"  {name:<{width}}  {m['mean']:.4f} ± {m['ci95']:.4f}  (n={m['n']}){target}")
+    for figure in record.get("plots", []):
+        print(f"figure: {run_dir / figure}")
 
 
 if __name__ == "__main__":

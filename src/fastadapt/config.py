@@ -40,10 +40,13 @@ class TaskConfig:
 
 @dataclass
 class DataConfig:
-    """Where an image dataset (``task.family`` = its name) lives and how it is decoded."""
+    """Where an image dataset (``task.family`` = its name) lives, how it is decoded, and which
+    split of its classes into train / val / test is used: ``split`` names one (``""``: the
+    dataset's standard split; Omniglot: ``"vinyals"``, its standard, or ``"versa"``)."""
 
     root: str = ""
     image_size: int = 28
+    split: str = ""
 
 
 @dataclass
@@ -53,6 +56,9 @@ class ModelConfig:
     activation: str = "relu"
     init: str = "torch"
     downsample: str = "pool"
+    blocks: int = 4
+    ceil_mode: bool = False
+    dropout: float = 0.0
 
 
 @dataclass
@@ -70,6 +76,7 @@ class AlgorithmConfig:
     read_steps: int | None = None
     inner_optimizer: str = "sgd"
     inner_batch: int | None = None
+    samples: int = 10
 
 
 @dataclass
@@ -161,6 +168,8 @@ class RunConfig:
             "task.queries": self.task.queries,
             "algorithm.inner_steps": self.algorithm.inner_steps,
             "algorithm.inner_lr": self.algorithm.inner_lr,
+            "algorithm.samples": self.algorithm.samples,
+            "model.blocks": self.model.blocks,
             "train.steps": self.train.steps,
             "train.meta_batch": self.train.meta_batch,
             "train.lr": self.train.lr,
@@ -203,6 +212,11 @@ class RunConfig:
                     f"{key} must be one of {', '.join(allowed)}, got {value!r}; "
                     f"e.g. --set {key}={allowed[0]}."
                 )
+        if not 0.0 <= self.model.dropout < 1.0:
+            raise ConfigError(
+                f"model.dropout must be a probability in [0, 1), got {self.model.dropout!r}; "
+                "e.g. --set model.dropout=0.1."
+            )
         if any(hidden < 1 for hidden in self.model.hidden):
             raise ConfigError(f"model.hidden sizes must be positive, got {self.model.hidden}.")
         if any(step < 0 for step in self.eval.report_steps):

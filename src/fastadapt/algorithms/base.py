@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fastadapt.engine.calibration import CALIBRATION, calibration_counts
 from fastadapt.tasks.task import TaskBatch
 
 Problem = Literal["regression", "classification"]
@@ -51,6 +52,22 @@ class Predictor:
         if self.problem != "classification":
             raise TypeError("predict_proba() is only defined for classification predictors.")
         return self(x).softmax(dim=-1)
+
+
+class GaussianPredictor(Predictor):
+    """A regression predictor with a Gaussian predictive distribution: ``predictor(x)`` and
+    ``predict`` give its mean, :meth:`predict_variance` its variance."""
+
+    def __init__(
+        self, forward: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+    ) -> None:
+        super().__init__(lambda x: forward(x)[0], "regression")
+        self._distribution = forward
+
+    def predict_variance(self, x: torch.Tensor) -> torch.Tensor:
+        """The predictive variance at ``x``, the shape of the mean; positive and finite."""
+        with torch.no_grad():
+            return self._distribution(x)[1]
 
 
 def task_loss(problem: Problem, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -109,4 +126,24 @@ class MetaLearner(nn.Module, ABC):
         metrics = {self.loss_metric: self.task_losses(output, target)}
         if self.problem == "classification":
             metrics["accuracy"] = (output.argmax(dim=-1) == target).float().mean(dim=1)
+        return metrics
+
+    def evaluation_metrics(
+        self, output: torch.Tensor, target: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
+        """:meth:`query_metrics` as evaluation reports them.
+
+        A classifier's loss, the cross-entropy of the query labels under its predictive
+        distribution, is their negative log-likelihood: it is reported as ``nll``, with
+        ``accuracy`` and the per-task statistics ``calibration`` ``[B, bins, 3]`` from which
+        the evaluator computes the expected calibration error
+        (:mod:`fastadapt.engine.calibration`). Regression metrics are unchanged.
+        """
+        metrics = self.query_metrics(output, target)
+        if self.problem == "classification":
+            metrics = {
+                "nll": metrics.pop(self.loss_metric),
+                **metrics,
+                CALIBRATION: calibration_counts(output.softmax(dim=-1), target),
+            }
         return metrics

@@ -123,7 +123,9 @@ class MAML(MetaLearner):
         return LossOutput(loss, {k: v.detach().mean() for k, v in per_task.items()})
 
     def task_metrics(self, batch: TaskBatch) -> dict[str, torch.Tensor]:
-        """Query metrics after each of ``report_steps`` evaluation steps, keyed ``name@steps``.
+        """Query metrics after each of ``report_steps`` evaluation steps, keyed ``name@steps``
+        (:meth:`~fastadapt.algorithms.base.MetaLearner.evaluation_metrics`: ``mse``, or ``nll``,
+        ``accuracy`` and calibration statistics).
 
         The metrics after ``eval_inner_steps`` steps are also given under their plain names.
         """
@@ -134,7 +136,7 @@ class MAML(MetaLearner):
             if step not in self.report_steps and step != self.eval_inner_steps:
                 continue
             with torch.no_grad():
-                per_task = self.query_metrics(
+                per_task = self.evaluation_metrics(
                     self._forward_tasks(params, batch.query_x), batch.query_y
                 )
             for name, value in per_task.items():

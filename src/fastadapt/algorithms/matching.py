@@ -166,10 +166,10 @@ class MatchingNet(MetaLearner):
         return LossOutput(loss, {k: v.detach().mean() for k, v in per_task.items()})
 
     def task_metrics(self, batch: TaskBatch) -> dict[str, torch.Tensor]:
-        """Per-task query ``loss`` and ``accuracy``, each ``[B]``."""
+        """Per-task query ``nll``, ``accuracy`` and calibration statistics, each ``[B, ...]``."""
         with torch.no_grad():
             logits = self._logits(batch.support_x, batch.support_y, batch.query_x)
-            return self.query_metrics(logits, batch.query_y)
+            return self.evaluation_metrics(logits, batch.query_y)
 
     def adapt(self, support_x: torch.Tensor, support_y: torch.Tensor) -> Predictor:
         """A predictor of log ŷ ``[n, ways]`` for new inputs ``[n, C, H, W]`` of this task."""

@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fastadapt.algorithms._support import check_class_labels, class_means
 from fastadapt.algorithms.base import LossOutput, MetaLearner, Predictor
 from fastadapt.tasks.task import TaskBatch
 
@@ -58,14 +59,14 @@ class ProtoNet(MetaLearner):
 
     def meta_loss(self, batch: TaskBatch) -> LossOutput:
         """Mean query cross-entropy over the tasks of ``batch`` (the paper's J(φ), Algorithm 1)."""
-        per_task = self._query_metrics(batch)
+        per_task = self.query_metrics(self._query_logits(batch), batch.query_y.long())
         loss = per_task[self.loss_metric].mean()
         return LossOutput(loss, {k: v.detach().mean() for k, v in per_task.items()})
 
     def task_metrics(self, batch: TaskBatch) -> dict[str, torch.Tensor]:
-        """Per-task query ``loss`` and ``accuracy``, each a tensor ``[B]``."""
+        """Per-task query ``nll``, ``accuracy`` and calibration statistics, each ``[B, ...]``."""
         with torch.no_grad():
-            return self._query_metrics(batch)
+            return self.evaluation_metrics(self._query_logits(batch), batch.query_y.long())
 
     def adapt(self, support_x: torch.Tensor, support_y: torch.Tensor) -> Predictor:
         """A predictor for one task: prototypes are computed here, once, and kept.
@@ -82,9 +83,9 @@ class ProtoNet(MetaLearner):
                 f"{tuple(support_y.shape)}."
             )
         sx, sy = support_x.unsqueeze(0), support_y.unsqueeze(0)
-        ways = self._check_labels(sx, sy)
+        ways = check_class_labels("ProtoNet", sx, sy)
         with torch.no_grad():
-            prototypes = self._prototypes(self._embed(sx), sy, ways)[0].detach()
+            prototypes = class_means(self._embed(sx), sy, ways)[0].detach()
 
         def forward(x: torch.Tensor) -> torch.Tensor:
             query = self._embed(x.unsqueeze(0))
@@ -94,11 +95,13 @@ class ProtoNet(MetaLearner):
 
     # -- the model --------------------------------------------------------------------------
 
-    def _query_metrics(self, batch: TaskBatch) -> dict[str, torch.Tensor]:
-        ways = self._check_labels(batch.support_x, batch.support_y, batch.query_x, batch.query_y)
-        prototypes = self._prototypes(self._embed(batch.support_x), batch.support_y, ways)
-        logits = self._logits(self._embed(batch.query_x), prototypes)  # [B, n_query, ways]
-        return self.query_metrics(logits, batch.query_y.long())
+    def _query_logits(self, batch: TaskBatch) -> torch.Tensor:
+        """Logits ``[B, n_query, ways]`` of every query of every task."""
+        ways = check_class_labels(
+            "ProtoNet", batch.support_x, batch.support_y, batch.query_x, batch.query_y
+        )
+        prototypes = class_means(self._embed(batch.support_x), batch.support_y, ways)
+        return self._logits(self._embed(batch.query_x), prototypes)
 
     def _embed(self, x: torch.Tensor) -> torch.Tensor:
         """Embed ``[B, n, ...]`` in one forward pass over all tasks: ``[B, n, D]``."""
@@ -110,17 +113,6 @@ class ProtoNet(MetaLearner):
                 f"{tuple(x.flatten(0, 1).shape)} to {tuple(z.shape)}."
             )
         return z.reshape(tasks, n, -1)
-
-    @staticmethod
-    def _prototypes(support: torch.Tensor, labels: torch.Tensor, ways: int) -> torch.Tensor:
-        """Class means (Eq. 1) of every task at once: ``[B, n, D]`` → ``[B, ways, D]``.
-
-        A one-hot matrix ``[B, n, ways]`` turns the per-class sums into one batched matrix
-        product, so any number of shots (even a different number per class) works.
-        """
-        one_hot = F.one_hot(labels.long(), ways).to(support.dtype)  # [B, n, ways]
-        counts = one_hot.sum(dim=1).unsqueeze(-1)  # [B, ways, 1], every count >= 1 (checked)
-        return torch.bmm(one_hot.transpose(1, 2), support) / counts
 
     def _logits(self, query: torch.Tensor, prototypes: torch.Tensor) -> torch.Tensor:
         """Negative distances (Eq. 2): ``[B, m, D]`` and ``[B, ways, D]`` → ``[B, m, ways]``."""
@@ -140,58 +132,3 @@ class ProtoNet(MetaLearner):
             q_norms + c_norms, query, prototypes.transpose(1, 2), beta=1.0, alpha=-2.0
         )
         return -squared.clamp_min(0.0)
-
-    # -- input checks -----------------------------------------------------------------------
-
-    @staticmethod
-    def _check_labels(
-        support_x: torch.Tensor,
-        support_y: torch.Tensor,
-        query_x: torch.Tensor | None = None,
-        query_y: torch.Tensor | None = None,
-    ) -> int:
-        """Validate batched labels and return ``ways``; one host synchronisation in all.
-
-        Every task must have the labels ``0..ways-1`` in its support set, each at least once,
-        with the same ``ways`` for all tasks of the batch; query labels must lie in that range.
-        """
-        pairs = [("support", support_x, support_y)]
-        if query_x is not None and query_y is not None:
-            pairs.append(("query", query_x, query_y))
-        for name, x, y in pairs:
-            if y.dim() != 2 or x.dim() < 3 or x.shape[:2] != y.shape:
-                raise ValueError(
-                    f"{name}_x must be [B, n, ...] and {name}_y [B, n] integer labels; got "
-                    f"{name}_x {tuple(x.shape)}, {name}_y {tuple(y.shape)}."
-                )
-            if y.dtype.is_floating_point or y.dtype.is_complex or y.dtype == torch.bool:
-                raise ValueError(
-                    f"{name}_y must hold integer class labels 0..ways-1, got dtype {y.dtype}; "
-                    "ProtoNet is a classifier."
-                )
-            if y.shape[1] == 0:
-                raise ValueError(f"{name} sets are empty ({name}_y {tuple(y.shape)}).")
-        n_support = support_y.shape[1]
-        # Count each label per task among the n_support possible ones (a task with every class
-        # present has at most n_support classes); labels out of range are caught by lo/hi.
-        present = F.one_hot(support_y.long().clamp(0, n_support - 1), n_support).amax(dim=1)
-        distinct = present.sum(dim=1)  # [B]
-        stats = [support_y.min(), support_y.max(), distinct.min(), distinct.max()]
-        if query_y is not None:
-            stats += [query_y.min(), query_y.max()]
-        lo, hi, fewest, most, *query_range = torch.stack([s.long() for s in stats]).tolist()
-        ways = hi + 1
-        # With all labels in 0..hi, a task has every one of them iff it has hi + 1 distinct ones.
-        if lo < 0 or hi >= n_support or fewest != ways or most != ways:
-            raise ValueError(
-                "support labels must be 0..ways-1 in every task, each class present at least "
-                f"once and the same ways for all tasks; got labels from {lo} to {hi} with "
-                f"{fewest} to {most} distinct classes per task. Relabel each task's classes "
-                "as 0..ways-1."
-            )
-        if query_range and (query_range[0] < 0 or query_range[1] >= ways):
-            raise ValueError(
-                f"query labels must lie in 0..{ways - 1} (the support set's classes), got labels "
-                f"from {query_range[0]} to {query_range[1]}."
-            )
-        return ways

@@ -7,8 +7,8 @@ Used by ``fastadapt datasets list | download | info`` (and, later, by presets th
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -16,17 +16,27 @@ from fastadapt.datasets.class_set import ClassSet
 from fastadapt.datasets.paths import default_root
 from fastadapt.errors import ConfigError
 
+Loader = Callable[[Path, str, bool], ClassSet]
+"""``load(root, split, download)``: the classes of ``split`` ("train", "val" or "test")."""
+
 
 @dataclass(frozen=True)
 class DatasetEntry:
-    """One named dataset: a summary, where its files come from, and its class splits."""
+    """One named dataset: a summary, where its files come from, and its class splits.
+
+    ``load`` gives the classes of the standard split (named ``standard_split`` where the
+    dataset has others); ``other_splits`` the loaders of other named splits of the same files
+    (chosen with ``data.split``).
+    """
 
     summary: str
     source: str
     folder: str
     splits: tuple[str, ...]
-    load: Callable[[Path, str, bool], ClassSet]
+    load: Loader
     downloadable: bool
+    standard_split: str = ""
+    other_splits: Mapping[str, Loader] = field(default_factory=dict)
 
 
 @functools.lru_cache(maxsize=4)
@@ -39,6 +49,15 @@ def _omniglot_archives(root: Path, download: bool) -> Any:
 
 def _omniglot(root: Path, split: str, download: bool) -> ClassSet:
     return _omniglot_archives(root, download).vinyals(split)
+
+
+VERSA_CHARACTERS = (1100, 100, 423)
+"""Train / val / test characters of VERSA's Omniglot split (Gordon et al. 2019), drawn at
+random (seed 0 here), each rotation a class of its own."""
+
+
+def _omniglot_versa(root: Path, split: str, download: bool) -> ClassSet:
+    return _omniglot_archives(root, download).random_split(VERSA_CHARACTERS, seed=0)[split]
 
 
 def _cifar_fs(root: Path, split: str, download: bool) -> ClassSet:
@@ -68,12 +87,15 @@ def _tiered_imagenet(root: Path, split: str, download: bool) -> ClassSet:
 DATASETS: dict[str, DatasetEntry] = {
     "omniglot": DatasetEntry(
         "Lake et al. 2015: 1623 handwritten characters x 20 drawers; Vinyals split with "
-        "rotations as classes (4112 / 688 / 1692 classes)",
+        "rotations as classes (4112 / 688 / 1692 classes); data.split=versa: VERSA's random "
+        "1100 / 100 / 423 characters (4400 / 400 / 1692 classes)",
         "downloaded: images_background.zip, images_evaluation.zip (brendenlake/omniglot)",
         "omniglot",
         ("train", "val", "test"),
         _omniglot,
         True,
+        standard_split="vinyals",
+        other_splits={"versa": _omniglot_versa},
     ),
     "cifar-fs": DatasetEntry(
         "Bertinetto et al. 2019: CIFAR-100 fine classes split 64 / 16 / 20, 32x32 RGB",
@@ -115,6 +137,25 @@ def dataset(name: str) -> DatasetEntry:
     if name not in DATASETS:
         raise ConfigError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}.")
     return DATASETS[name]
+
+
+def split_loader(name: str, split: str) -> Loader:
+    """The loader of dataset ``name``'s class split ``split`` (``""``: the standard one).
+
+    Raises:
+        ConfigError: the dataset has no split of that name (the message lists its splits).
+    """
+    entry = dataset(name)
+    if split in ("", entry.standard_split):
+        return entry.load
+    if split not in entry.other_splits:
+        known = [s for s in (entry.standard_split, *entry.other_splits) if s]
+        choices = f"choose one of {known}" if known else "it has only its standard split"
+        raise ConfigError(
+            f'data.split {split!r} is not a class split of {name}; {choices} (or "" for '
+            "the standard split)."
+        )
+    return entry.other_splits[split]
 
 
 def dataset_root(name: str, root: Path | None) -> Path:

@@ -18,8 +18,10 @@ from fastadapt.algorithms.maml import MAML
 from fastadapt.algorithms.matching import MatchingNet
 from fastadapt.algorithms.protonet import ProtoNet
 from fastadapt.algorithms.reptile import Reptile
+from fastadapt.algorithms.versa import Versa
+from fastadapt.algorithms.versa_regression import VersaRegression
 from fastadapt.config import RunConfig
-from fastadapt.datasets.registry import DATASETS, dataset_root
+from fastadapt.datasets.registry import DATASETS, dataset_root, split_loader
 from fastadapt.errors import ConfigError
 from fastadapt.nn.conv4 import Conv4
 from fastadapt.nn.mlp import MLP
@@ -56,7 +58,8 @@ def _image_episodes(config: RunConfig, split: str) -> TaskFamily:
     """Episodes of a named image dataset's class split (train, val or test classes)."""
     name = config.task.family
     root = Path(config.data.root).expanduser() if config.data.root else None
-    classes = DATASETS[name].load(dataset_root(name, root), split, False)
+    load = split_loader(name, config.data.split)
+    classes = load(dataset_root(name, root), split, False)
     if split == "train":
         task, seed = config.task, config.train.seed
     else:
@@ -83,24 +86,31 @@ def image_channels(family: str) -> int:
 def _model_shape(config: RunConfig, head: bool) -> tuple[int, int | None]:
     """Input features (or channels) and outputs of the model; ``None``: an embedding."""
     if config.task.family == "sinusoid":
-        return 1, 1
+        return 1, 1 if head else None
     return image_channels(config.task.family), config.task.ways if head else None
 
 
 def _mlp(config: RunConfig, in_features: int, out_features: int | None) -> nn.Module:
-    if out_features is None:
-        raise ConfigError("model.kind=mlp needs a task family with outputs (e.g. sinusoid).")
+    if config.task.family != "sinusoid":
+        raise ConfigError(
+            "model.kind=mlp takes vectors, not images; use model.kind=conv4 or resnet12 for "
+            f"task.family={config.task.family}."
+        )
     return MLP(
         in_features, config.model.hidden, out_features, config.model.activation, config.model.init
     )
 
 
 def _conv4(config: RunConfig, in_channels: int, ways: int | None) -> nn.Module:
+    model = config.model
     return Conv4(
         in_channels,
         ways=ways,
         image_size=config.data.image_size,
-        downsample=config.model.downsample,
+        downsample=model.downsample,
+        blocks=model.blocks,
+        ceil_mode=model.ceil_mode,
+        dropout=model.dropout,
     )
 
 
@@ -166,6 +176,18 @@ def _matching(config: RunConfig, model: nn.Module, problem: str) -> MetaLearner:
     )
 
 
+def _versa(config: RunConfig, model: nn.Module, problem: str) -> MetaLearner:
+    feature_dim = getattr(model, "embedding_size", None)
+    if feature_dim is None:
+        raise ConfigError(
+            "algorithm.name=versa needs a feature extractor that states its embedding_size "
+            "(model.kind=mlp, conv4 or resnet12)."
+        )
+    if problem == "regression":
+        return VersaRegression(model, feature_dim)
+    return Versa(model, feature_dim, samples=config.algorithm.samples)
+
+
 @dataclass(frozen=True)
 class AlgorithmSpec:
     """How to build an algorithm, what it solves, and whether its model ends in a head."""
@@ -180,6 +202,7 @@ ALGORITHMS: dict[str, AlgorithmSpec] = {
     "reptile": AlgorithmSpec(_reptile, ("regression", "classification"), head=True),
     "protonet": AlgorithmSpec(_protonet, ("classification",), head=False),
     "matching": AlgorithmSpec(_matching, ("classification",), head=False),
+    "versa": AlgorithmSpec(_versa, ("regression", "classification"), head=False),
 }
 
 

@@ -3,6 +3,10 @@
 The interval is ``1.96 · s / √n`` with ``s`` the sample standard deviation of the per-task
 metric over ``n`` tasks, the convention of Prototypical Networks (Snell et al. 2017, §3.2
 reports "95% confidence intervals" over 1000 episodes) and later work.
+
+Classifiers also report per-task calibration counts; they are pooled over all tasks into one
+expected calibration error, ``ece``, whose interval is ``1.96`` times its standard deviation
+over a bootstrap of the tasks (:mod:`fastadapt.engine.calibration`).
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from typing import Any
 import torch
 
 from fastadapt.algorithms.base import MetaLearner
+from fastadapt.engine.calibration import bootstrap_ece, ece_name, expected_calibration_error
 from fastadapt.tasks.task import TaskBatch
 
 Z_95 = 1.96
@@ -50,6 +55,18 @@ def evaluate(
     device: torch.device | str = "cpu",
 ) -> dict[str, Estimate]:
     """Evaluate ``learner`` on tasks ``0..num_tasks-1`` of a fixed, seeded task source."""
+    return summarise(collect_task_metrics(learner, tasks, num_tasks, batch_size, device))
+
+
+def collect_task_metrics(
+    learner: MetaLearner,
+    tasks: Callable[[range], TaskBatch],
+    num_tasks: int,
+    batch_size: int,
+    device: torch.device | str = "cpu",
+) -> dict[str, torch.Tensor]:
+    """Every per-task metric of tasks ``0..num_tasks-1``, each ``[num_tasks, ...]`` on the CPU,
+    with the learner in evaluation mode."""
     if num_tasks < 1 or batch_size < 1:
         raise ValueError(
             f"num_tasks and batch_size must be positive, got {num_tasks} and {batch_size}."
@@ -64,7 +81,29 @@ def evaluate(
                 collected.setdefault(name, []).append(values.detach().cpu())
     finally:
         learner.train(was_training)
-    return {name: mean_ci95(torch.cat(parts)) for name, parts in collected.items()}
+    return {name: torch.cat(parts) for name, parts in collected.items()}
+
+
+def summarise(per_task: dict[str, torch.Tensor]) -> dict[str, Estimate]:
+    """Mean ± 95% CI of each per-task metric; calibration counts become a pooled ``ece``."""
+    estimates = {}
+    for name, values in per_task.items():
+        ece = ece_name(name)
+        if ece is None:
+            estimates[name] = mean_ci95(values)
+        else:
+            estimates[ece] = ece_ci95(values)
+    return estimates
+
+
+def ece_ci95(per_task: torch.Tensor) -> Estimate:
+    """The ECE of calibration counts ``[T, bins, 3]`` pooled over the T tasks, ± 1.96 times its
+    standard deviation over a bootstrap of the tasks."""
+    counts = per_task.detach().double()
+    ece = expected_calibration_error(counts.sum(dim=0)).item()
+    tasks = counts.shape[0]
+    spread = bootstrap_ece(counts).std(unbiased=True).item() if tasks > 1 else 0.0
+    return Estimate(ece, Z_95 * spread, tasks)
 
 
 def estimates_to_json(estimates: dict[str, Estimate]) -> dict[str, Any]:

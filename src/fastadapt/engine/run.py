@@ -5,6 +5,8 @@ Layout of a run folder::
     config.json            the resolved configuration
     metrics.csv            training and validation metrics per logged step
     curves.png             the learning curves (``fastadapt train --plots``, ``fastadapt plot``)
+    reliability.png        a classifier's reliability diagram (``--plots`` of train or eval)
+    predictions.png        a sinusoid regressor's predictions on test tasks (``--plots``)
     tensorboard/           the same metrics as TensorBoard events (train.tensorboard=true)
     checkpoints/last.pt    the latest state (resume from here)
     checkpoints/best.pt    the state with the best validation score
@@ -20,14 +22,28 @@ from typing import Any
 
 import torch
 
+from fastadapt.algorithms.base import MetaLearner
 from fastadapt.config import RunConfig, flatten
-from fastadapt.engine.build import build_learner, build_optimizer, build_task_family
+from fastadapt.engine.build import (
+    TASK_FAMILIES,
+    TaskFamily,
+    build_learner,
+    build_optimizer,
+    build_task_family,
+)
+from fastadapt.engine.calibration import CALIBRATION
 from fastadapt.engine.checkpoint import load_checkpoint
-from fastadapt.engine.evaluate import estimates_to_json, evaluate
-from fastadapt.engine.plots import load_pyplot, plot_learning_curves
+from fastadapt.engine.evaluate import collect_task_metrics, estimates_to_json, summarise
+from fastadapt.engine.plots import (
+    load_pyplot,
+    plot_learning_curves,
+    plot_reliability_diagram,
+    plot_sinusoid_predictions,
+)
 from fastadapt.engine.trainer import Trainer, TrainSchedule
 from fastadapt.errors import ConfigError, RunDirectoryError
 from fastadapt.io.atomic import atomic_write_text
+from fastadapt.tasks.sinusoid import SinusoidTasks
 
 #: Settings that a resumed run may change without changing what it computes.
 RESUME_NEUTRAL = (
@@ -40,6 +56,10 @@ RESUME_NEUTRAL = (
 RESUME_NEUTRAL_SECTIONS = ("eval.", "reference.")
 #: Algorithms with an inner loop, whose evaluation protocol includes its steps and rate.
 GRADIENT_BASED = ("maml", "reptile")
+#: Algorithms whose classifications average Monte Carlo samples (the protocol records how many).
+SAMPLING = ("versa",)
+#: Sinusoid test tasks drawn by ``--plots``.
+PLOTTED_TASKS = (0, 1, 2, 3)
 
 
 def train_run(
@@ -52,9 +72,10 @@ def train_run(
 ) -> dict[str, Any]:
     """Train ``config`` into the folder ``out`` (or continue it), then evaluate on test tasks.
 
-    With ``plots``, ``out/curves.png`` is redrawn each time ``metrics.csv`` is written (needs
-    the ``plots`` extra, checked before training starts). Returns the evaluation record that is
-    also appended to ``out/results.json``.
+    With ``plots``, ``out/curves.png`` is redrawn each time ``metrics.csv`` is written, and the
+    final evaluation draws its figures (see :func:`evaluate_run`); this needs the ``plots``
+    extra, checked before training starts. Returns the evaluation record that is also
+    appended to ``out/results.json``.
     """
     if plots:
         load_pyplot()
@@ -103,7 +124,7 @@ def train_run(
         "train_seconds_this_session": summary.seconds,
         "best": summary.best,
     }
-    return evaluate_run(out, extra=extra)
+    return evaluate_run(out, extra=extra, plots=plots)
 
 
 def evaluate_run(
@@ -112,12 +133,19 @@ def evaluate_run(
     overrides: list[str] | None = None,
     checkpoint: str = "best",
     extra: dict[str, Any] | None = None,
+    plots: bool = False,
 ) -> dict[str, Any]:
     """Evaluate a trained run on its test tasks; append the record to ``results.json``.
 
     ``overrides`` may only change ``eval.*`` settings (tasks, shots, steps, seed…): anything
-    else would describe a different model than the one trained.
+    else would describe a different model than the one trained. With ``plots`` (needs the
+    ``plots`` extra) the evaluation also draws, into the run folder, the reliability diagram
+    of a classifier's test predictions (``reliability.png``) or the predictions of a sinusoid
+    regressor on the first test tasks against their true functions (``predictions.png``,
+    with the ± 2σ band of a probabilistic learner); the record lists them under ``plots``.
     """
+    if plots:
+        load_pyplot()
     for assignment in overrides or []:
         if not assignment.strip().startswith("eval."):
             raise ConfigError(
@@ -132,13 +160,11 @@ def evaluate_run(
     learner = build_learner(config).to(device)
     learner.load_state_dict(state.learner)
     started = time.perf_counter()
-    estimates = evaluate(
-        learner,
-        build_task_family(config, "test").batch,
-        config.eval.tasks,
-        config.eval.batch,
-        device,
+    test_tasks = build_task_family(config, "test")
+    per_task = collect_task_metrics(
+        learner, test_tasks.batch, config.eval.tasks, config.eval.batch, device
     )
+    estimates = summarise(per_task)
     reference = config.to_dict()["reference"]
     if (config.eval.ways, config.eval.shots) != (trained.eval.ways, trained.eval.shots):
         reference["values"] = {}  # the paper's numbers belong to the preset's own protocol
@@ -151,8 +177,30 @@ def evaluate_run(
         "eval_seconds": time.perf_counter() - started,
         **(extra or {}),
     }
+    if plots:
+        figures = _evaluation_figures(run_dir, config, learner.cpu(), test_tasks, per_task)
+        record["plots"] = [figure.name for figure in figures]
     _append_result(run_dir / "results.json", record)
     return record
+
+
+def _evaluation_figures(
+    run_dir: Path,
+    config: RunConfig,
+    learner: MetaLearner,
+    test_tasks: TaskFamily,
+    per_task: dict[str, torch.Tensor],
+) -> list[Path]:
+    """The figures of an evaluation: reliability diagram, or sinusoid predictions."""
+    shape = ", ".join(f"{k}={v}" for k, v in protocol(config).items() if k in ("ways", "shots"))
+    title = f"{config.preset} ({config.algorithm.name}, {shape})"
+    if CALIBRATION in per_task:
+        counts = per_task[CALIBRATION].sum(dim=0)
+        return [plot_reliability_diagram(counts, run_dir / "reliability.png", title)]
+    if isinstance(test_tasks, SinusoidTasks):
+        out = run_dir / "predictions.png"
+        return [plot_sinusoid_predictions(learner, test_tasks, PLOTTED_TASKS, out, title)]
+    return []
 
 
 def checkpoint_path(run_dir: Path, checkpoint: str = "best") -> Path:
@@ -188,15 +236,24 @@ def protocol(config: RunConfig) -> dict[str, Any]:
         inner_loop["report_steps"] = config.eval.report_steps
     if config.algorithm.name == "reptile":
         inner_loop["inner_batch"] = config.eval.inner_batch
+    classifies = TASK_FAMILIES[config.task.family].problem == "classification"
+    samples = (
+        {"samples": config.algorithm.samples}
+        if config.algorithm.name in SAMPLING and classifies
+        else {}
+    )
+    class_split = {"class_split": config.data.split} if config.data.split else {}
     return {
         "split": "test",
         "family": config.task.family,
+        **class_split,
         "algorithm": config.algorithm.name,
         **ways,
         "shots": config.eval.shots,
         "queries": config.eval.queries,
         "tasks": config.eval.tasks,
         **inner_loop,
+        **samples,
         "seed": config.eval.seed,
     }
 
@@ -229,7 +286,9 @@ def _claim_new_run_folder(out: Path) -> None:
 
 
 def _check_resume_compatible(saved: dict[str, Any], wanted: dict[str, Any], out: Path) -> None:
-    flat_saved, flat_wanted = flatten(saved), flatten(wanted)
+    # A checkpoint written before a setting existed lacks it: compare with its default.
+    flat_saved = flatten(RunConfig.from_dict(saved).to_dict())
+    flat_wanted = flatten(wanted)
     differences = [
         f"{key}: run has {flat_saved.get(key)!r}, now {flat_wanted.get(key)!r}"
         for key in sorted(set(flat_saved) | set(flat_wanted))

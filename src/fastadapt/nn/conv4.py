@@ -11,12 +11,18 @@ The blocks compute exactly that function, faster on a CPU:
 - ReLU comes after the max-pool (``relu(max(a, b)) = max(relu(a), relu(b))``: the same output,
   on a quarter of the values);
 - where the input has few channels (the first block on grayscale or RGB images), BatchNorm is
-  folded into the convolution from the input's patch statistics and the max-pool is taken
-  over four per-phase matrix products (:mod:`fastadapt.nn.folded_conv_block`), which removes
-  the BatchNorm and pooling passes over the largest feature maps, forward and backward.
+  folded into the convolution from the input's patch statistics
+  (:mod:`fastadapt.nn.folded_conv_block`), which removes the BatchNorm passes over the largest
+  feature maps, forward and backward.
 
 Parameter names and shapes are those of the plain ``conv → BatchNorm → ReLU → pool`` stack, so
 state dicts are interchangeable with it.
+
+Options for the variants of other papers: ``downsample="stride"`` (stride-2 convolutions
+instead of max-pools, MAML's Omniglot network: 28x28 → 14 → 7 → 4 → 2), ``blocks`` (VERSA's
+mini-ImageNet network has five), ``ceil_mode`` (pooling that keeps a last odd row and column,
+TensorFlow's ``"SAME"`` pooling: 28x28 → 14 → 7 → 4 → 2, as in VERSA's Omniglot network) and
+``dropout`` (after each block, active in training mode only).
 """
 
 from __future__ import annotations
@@ -38,26 +44,49 @@ class ConvBlock(nn.Sequential):
     the conventional ``conv → BatchNorm → ReLU → pool`` order, whose output this equals.
     """
 
-    def __init__(self, in_channels: int, out_channels: int, downsample: str = "pool") -> None:
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        downsample: str = "pool",
+        *,
+        ceil_mode: bool = False,
+        dropout: float = 0.0,
+    ) -> None:
         if downsample not in DOWNSAMPLING:
             raise ValueError(f"downsample must be one of {DOWNSAMPLING}, got {downsample!r}.")
-        stride = 2 if downsample == "stride" else 1
-        super().__init__(
+        pools = downsample == "pool"
+        stride = 1 if pools else 2
+        layers: list[nn.Module] = [
             nn.Conv2d(in_channels, out_channels, kernel_size=3, stride=stride, padding=1),
             nn.BatchNorm2d(out_channels, track_running_stats=False),
-            nn.MaxPool2d(2) if downsample == "pool" else nn.Identity(),
+            nn.MaxPool2d(2, ceil_mode=ceil_mode) if pools else nn.Identity(),
             nn.ReLU(),
-        )
+        ]
+        if dropout > 0:
+            layers.append(nn.Dropout(dropout))
+        super().__init__(*layers)
         self.folds_batchnorm = in_channels * 3 * 3 <= MAX_PATCH_SIZE
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        conv, norm, pool, relu = self
-        if self.folds_batchnorm and norm.running_mean is None:
-            return folded_conv_block(
+        conv, norm, pool, relu, *dropout = self
+        pools = isinstance(pool, nn.MaxPool2d)
+        # The folded form pools with floor; with ceil_mode it only fits even-sized inputs.
+        odd = x.shape[-1] % 2 == 1 or x.shape[-2] % 2 == 1
+        if (
+            self.folds_batchnorm
+            and norm.running_mean is None
+            and not (pools and pool.ceil_mode and odd)
+        ):
+            out = folded_conv_block(
                 x, conv.weight, conv.bias, norm.weight, norm.bias, eps=norm.eps, padding=1,
-                stride=conv.stride[0], pool=isinstance(pool, nn.MaxPool2d),
+                stride=conv.stride[0], pool=pools,
             )  # fmt: skip
-        return relu(pool(norm(conv(x))))
+        else:
+            out = relu(pool(norm(conv(x))))
+        for layer in dropout:
+            out = layer(out)
+        return out
 
 
 class Conv4(nn.Sequential):
@@ -72,6 +101,10 @@ class Conv4(nn.Sequential):
         downsample: ``"pool"`` (2x2 max-pools, as Vinyals et al. and Snell et al.) or
             ``"stride"`` (stride-2 convolutions instead, as Finn et al. for Omniglot, §5.2:
             28→14→7→4→2, so 2x2x``hidden`` features).
+        blocks: number of conv blocks (4; VERSA's mini-ImageNet network has 5: 84x84 → 2x2).
+        ceil_mode: pool with ceil instead of floor, keeping a last odd row and column
+            (28x28: 28→14→7→4→2, so 4·``hidden`` features, VERSA's Omniglot network).
+        dropout: dropout probability after each block (0: none).
     """
 
     def __init__(
@@ -81,29 +114,41 @@ class Conv4(nn.Sequential):
         ways: int | None = None,
         image_size: int = 28,
         downsample: str = "pool",
+        *,
+        blocks: int = 4,
+        ceil_mode: bool = False,
+        dropout: float = 0.0,
     ) -> None:
+        if isinstance(blocks, bool) or not isinstance(blocks, int) or blocks < 1:
+            raise ValueError(f"blocks must be a positive integer, got {blocks!r}.")
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"dropout must be a probability in [0, 1), got {dropout!r}.")
         side = image_size
-        for _ in range(4):
-            side = side // 2 if downsample == "pool" else (side + 1) // 2
+        for _ in range(blocks):
+            rounds_up = ceil_mode or downsample == "stride"
+            side = -(-side // 2) if rounds_up else side // 2
         if side < 1:
             raise ValueError(
-                f"image_size must be at least 16 for four 2x2 pools, got {image_size}."
+                f"image_size must be at least {2**blocks} for {blocks} 2x2 pools, got {image_size}."
             )
         embedding_size = hidden * side * side
         layers: list[nn.Module] = [
-            ConvBlock(in_channels, hidden, downsample),
-            ConvBlock(hidden, hidden, downsample),
-            ConvBlock(hidden, hidden, downsample),
-            ConvBlock(hidden, hidden, downsample),
-            nn.Flatten(),
+            ConvBlock(
+                in_channels if block == 0 else hidden,
+                hidden,
+                downsample,
+                ceil_mode=ceil_mode,
+                dropout=dropout,
+            )
+            for block in range(blocks)
         ]
+        layers.append(nn.Flatten())
         if ways is not None:
             layers.append(nn.Linear(embedding_size, ways))
         super().__init__(*layers)
         self.embedding_size = embedding_size
-        self.to(memory_format=torch.channels_last)
-
         self.input_shape = (in_channels, image_size, image_size)
+        self.to(memory_format=torch.channels_last)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Embeddings ``[n, embedding_size]`` (logits ``[n, ways]``) of images ``[n, C, H, W]``."""

@@ -14,6 +14,12 @@ INITS = ("torch", "maml")
 class MLP(nn.Sequential):
     """``Linear → activation`` for each hidden size, then a final ``Linear`` (the head).
 
+    With ``out_features=None`` there is no head: the network ends with the last hidden
+    layer's activation, a feature extractor (e.g. for
+    :class:`~fastadapt.algorithms.versa_regression.VersaRegression`). ``embedding_size`` is
+    the size of the features before the head, ``hidden[-1]`` (``in_features`` without hidden
+    layers).
+
     ``init="torch"`` keeps PyTorch's default initialisation; ``init="maml"`` is the one of the
     MAML reference code for its sinusoid network: weights from a normal distribution with
     standard deviation 0.01 truncated at two deviations, biases zero. It matters: with the
@@ -25,7 +31,7 @@ class MLP(nn.Sequential):
         self,
         in_features: int,
         hidden: Sequence[int],
-        out_features: int,
+        out_features: int | None,
         activation: str = "relu",
         init: str = "torch",
     ) -> None:
@@ -39,8 +45,10 @@ class MLP(nn.Sequential):
         layers: list[nn.Module] = []
         for fan_in, fan_out in pairwise(sizes):
             layers += [nn.Linear(fan_in, fan_out), ACTIVATIONS[activation]()]
-        layers.append(nn.Linear(sizes[-1], out_features))
+        if out_features is not None:
+            layers.append(nn.Linear(sizes[-1], out_features))
         super().__init__(*layers)
+        self.embedding_size = sizes[-1]
         if init == "maml":
             for layer in self:
                 if isinstance(layer, nn.Linear):

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fastadapt.algorithms._support import class_means
 from fastadapt.algorithms.protonet import ProtoNet
 from fastadapt.compat.torchmeta.utils._labels import check_embeddings, check_targets
 from fastadapt.errors import ConfigError
@@ -33,7 +34,7 @@ def get_prototypes(
     """
     check_embeddings("embeddings", embeddings)
     check_targets("targets", targets, embeddings, num_classes, every=True)
-    return _PROTONET._prototypes(embeddings, targets, num_classes)
+    return class_means(embeddings, targets, num_classes)
 
 
 def prototypical_loss(

@@ -15,7 +15,13 @@ from pathlib import Path
 from typing import Any
 
 from fastadapt.config import list_presets, load_preset
-from fastadapt.datasets.registry import DATASETS, dataset_info, dataset_root, download_dataset
+from fastadapt.datasets.registry import (
+    DATASETS,
+    RATINGS,
+    dataset_info,
+    dataset_root,
+    download_dataset,
+)
 from fastadapt.engine.plots import plot_learning_curves
 from fastadapt.engine.report import report_table, write_report
 from fastadapt.engine.run import evaluate_run, train_run
@@ -260,7 +266,7 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def _datasets_list(args: argparse.Namespace) -> int:
-    for name, entry in DATASETS.items():
+    for name, entry in {**DATASETS, **RATINGS}.items():
         print(
             f"{name}\n  {entry.summary}\n  {entry.source}\n  default folder: "
             f"{dataset_root(name, None)}"
@@ -276,6 +282,12 @@ def _datasets_download(args: argparse.Namespace) -> int:
 def _datasets_info(args: argparse.Namespace) -> int:
     info = dataset_info(args.name, args.root)
     print(f"{info['name']}: {info['summary']}\n  folder: {info['root']}")
+    if "ratings" in info:
+        counts = info["ratings"]
+        print(
+            f"  {counts['ratings']} ratings of {counts['items']} items by {counts['users']} users"
+        )
+        return 0
     for split, facts in info["splits"].items():
         shape = "x".join(str(d) for d in facts["image_shape"])
         print(f"  {split:<6} {facts['classes']:>5} classes  {facts['images']:>7} examples  {shape}")

@@ -34,10 +34,12 @@ class TaskConfig:
 
 @dataclass
 class DataConfig:
-    """Where an image dataset (``task.family`` = its name) lives and how it is decoded."""
+    """Where a dataset (``task.family`` = its name) lives, how images are decoded, and the seed
+    of the cold-start split of a ratings dataset (:mod:`fastadapt.recsys.cold_start`)."""
 
     root: str = ""
     image_size: int = 28
+    split_seed: int = 0
 
 
 @dataclass
@@ -46,15 +48,20 @@ class ModelConfig:
     hidden: list[int] = field(default_factory=lambda: [40, 40])
     activation: str = "relu"
     init: str = "torch"
+    embedding_dim: int = 32
 
 
 @dataclass
 class AlgorithmConfig:
+    """The meta-learner; ``adapt`` names the modules MAML's inner loop adapts (MeLU:
+    ``["decision"]``), empty for every parameter (or the head, with ``anil``)."""
+
     name: str = "maml"
     inner_steps: int = 1
     inner_lr: float = 0.01
     first_order: bool = False
     anil: bool = False
+    adapt: list[str] = field(default_factory=list)
     meta_sgd: bool = False
     per_step_lr: bool = False
     batch_mode: str = "auto"
@@ -84,6 +91,9 @@ class TrainConfig:
 
 @dataclass
 class EvalConfig:
+    """The test protocol; ``partition`` is the cold-start partition of a ratings family
+    (``warm``, ``new-users``, ``new-items`` or ``new-both``), ignored by other families."""
+
     ways: int = 5
     shots: int = 5
     queries: int = 100
@@ -93,6 +103,7 @@ class EvalConfig:
     report_steps: list[int] = field(default_factory=lambda: [0, 1, 5, 10])
     seed: int = 0
     batch: int = 100
+    partition: str = "new-users"
 
 
 @dataclass
@@ -165,6 +176,7 @@ class RunConfig:
             "eval.inner_steps": self.eval.inner_steps,
             "eval.batch": self.eval.batch,
             "data.image_size": self.data.image_size,
+            "model.embedding_dim": self.model.embedding_dim,
         }
         optional_positive = {
             "train.task_chunk": self.train.task_chunk,

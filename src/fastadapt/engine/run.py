@@ -21,7 +21,13 @@ from typing import Any
 import torch
 
 from fastadapt.config import RunConfig, flatten
-from fastadapt.engine.build import build_learner, build_optimizer, build_task_family
+from fastadapt.engine.build import (
+    TASK_FAMILIES,
+    build_learner,
+    build_optimizer,
+    build_task_family,
+    task_count,
+)
 from fastadapt.engine.checkpoint import load_checkpoint
 from fastadapt.engine.evaluate import estimates_to_json, evaluate
 from fastadapt.engine.plots import load_pyplot, plot_learning_curves
@@ -39,7 +45,7 @@ RESUME_NEUTRAL = (
 )
 RESUME_NEUTRAL_SECTIONS = ("eval.", "reference.")
 #: Algorithms with an inner loop, whose evaluation protocol includes its steps and rate.
-GRADIENT_BASED = ("maml",)
+GRADIENT_BASED = ("maml", "pretrained")
 
 
 def train_run(
@@ -131,20 +137,17 @@ def evaluate_run(
     learner = build_learner(config).to(device)
     learner.load_state_dict(state.learner)
     started = time.perf_counter()
-    estimates = evaluate(
-        learner,
-        build_task_family(config, "test").batch,
-        config.eval.tasks,
-        config.eval.batch,
-        device,
-    )
+    family = build_task_family(config, "test")
+    tasks = task_count(family, config.eval.tasks)
+    estimates = evaluate(learner, family.batch, tasks, config.eval.batch, device)
     reference = config.to_dict()["reference"]
-    if (config.eval.ways, config.eval.shots) != (trained.eval.ways, trained.eval.shots):
+    setting = ("ways", "shots", "partition")
+    if any(getattr(config.eval, key) != getattr(trained.eval, key) for key in setting):
         reference["values"] = {}  # the paper's numbers belong to the preset's own protocol
     record = {
         "checkpoint": path.name,
         "step": state.step,
-        "protocol": protocol(config),
+        "protocol": protocol(config, tasks),
         "metrics": estimates_to_json(estimates),
         "reference": reference,
         "eval_seconds": time.perf_counter() - started,
@@ -174,14 +177,18 @@ def checkpoint_path(run_dir: Path, checkpoint: str = "best") -> Path:
     return path
 
 
-def protocol(config: RunConfig) -> dict[str, Any]:
-    """The evaluation protocol, printed beside every number and stored with it."""
-    ways = {} if config.task.family == "sinusoid" else {"ways": config.eval.ways}
+def protocol(config: RunConfig, tasks: int | None = None) -> dict[str, Any]:
+    """The evaluation protocol, printed beside every number and stored with it; ``tasks`` is
+    the number evaluated when it is fewer than ``eval.tasks`` (every user of a partition)."""
+    problem = TASK_FAMILIES[config.task.family].problem
+    ways = {"ways": config.eval.ways} if problem == "classification" else {}
+    partition = {"partition": config.eval.partition} if problem == "rating" else {}
     inner_loop = (
         {
             "inner_steps": config.eval.inner_steps,
             "inner_lr": config.eval.inner_lr or config.algorithm.inner_lr,
             "report_steps": config.eval.report_steps,
+            **({"adapt": config.algorithm.adapt} if config.algorithm.adapt else {}),
         }
         if config.algorithm.name in GRADIENT_BASED
         else {}
@@ -190,10 +197,11 @@ def protocol(config: RunConfig) -> dict[str, Any]:
         "split": "test",
         "family": config.task.family,
         "algorithm": config.algorithm.name,
+        **partition,
         **ways,
         "shots": config.eval.shots,
         "queries": config.eval.queries,
-        "tasks": config.eval.tasks,
+        "tasks": config.eval.tasks if tasks is None else tasks,
         **inner_loop,
         "seed": config.eval.seed,
     }

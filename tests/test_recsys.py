@@ -135,6 +135,7 @@ def test_melu_embeds_unknown_codes_as_zeros_and_adapts_its_decision_layers():
         model(torch.zeros(2, 23))
 
 
+@pytest.mark.filterwarnings("ignore:.*are left out")
 def test_mean_baselines_are_the_training_means(data):
     split = cold_start_split(data)
     train = UserTasks(data, split, "train", shots=3, queries=50, seed=0, shuffle=True)

@@ -15,6 +15,7 @@ other columns, such as a title to remember the movie by, are ignored::
 from __future__ import annotations
 
 import csv
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,7 +47,9 @@ class Recommendation:
     predicted: float
 
 
-def read_ratings_csv(path: Path, data: MovieLens) -> tuple[np.ndarray, np.ndarray]:
+def read_ratings_csv(
+    path: str | os.PathLike[str], data: MovieLens
+) -> tuple[np.ndarray, np.ndarray]:
     """The item rows (in ``data``) and ratings (float32) of a user's ratings file.
 
     Raises:
@@ -55,6 +58,7 @@ def read_ratings_csv(path: Path, data: MovieLens) -> tuple[np.ndarray, np.ndarra
             (every unknown id is named), a rating outside 1..5, an item rated twice, or no
             rating at all.
     """
+    path = Path(path)
     if not path.is_file():
         raise RatingsFileError(f"{path} does not exist; pass a CSV file of item,rating lines.")
     try:
@@ -90,7 +94,7 @@ def read_ratings_csv(path: Path, data: MovieLens) -> tuple[np.ndarray, np.ndarra
 
 def recommend(
     model: LoadedModel,
-    ratings: Path,
+    ratings: str | os.PathLike[str],
     *,
     top: int = 10,
     user: Mapping[str, str] | None = None,

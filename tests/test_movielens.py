@@ -14,7 +14,13 @@ from test_download import Behaviour, _fast_and_local, serve  # noqa: F401 (fixtu
 
 from fastadapt.cli import main
 from fastadapt.datasets import movielens
-from fastadapt.datasets.movielens import GENRES, OCCUPATIONS, MovieLensError, load_movielens
+from fastadapt.datasets.movielens import (
+    GENRES,
+    OCCUPATIONS,
+    MovieLensError,
+    load_movielens,
+    year_codes,
+)
 from fastadapt.errors import ConfigError
 from fastadapt.io.archives import ArchiveError
 from fastadapt.io.download import DownloadError, RemoteFile
@@ -97,6 +103,7 @@ def test_the_100k_folder_is_parsed_into_coded_arrays(tmp_path):
     assert (len(data.user_ids), len(data.item_ids), len(data.rating)) == (40, 30, len(ratings))
     assert data.titles[6] == "Misérables, Les (1992)"  # latin-1 é
     assert data.years[0] == 1990 and data.years[-1] == 2000
+    assert year_codes(np.array([0, 1850, 1900, 1995, 2010])).tolist() == [0, 1, 1, 96, 101]
     assert np.array_equal(data.genres[4], np.array(_genres(5), dtype=np.float32))
     # user 1: female, 22 years (group 18-24), occupation "artist", zip 70001 (region 7 + 1)
     assert data.user_features[0].tolist() == [2, 2, 2, 8]

@@ -196,9 +196,9 @@ class MovieLens:
         return rows
 
 
-def year_code(year: int) -> int:
-    """The code of a release year: ``year - 1899`` clamped to 1..101, 0 if unknown (0)."""
-    return 0 if year <= 0 else min(max(year, 1900), 2000) - 1899
+def year_codes(years: np.ndarray) -> np.ndarray:
+    """The codes of release years: ``year - 1899`` clamped to 1..101, 0 if unknown (0)."""
+    return np.where(years > 0, np.clip(years, 1900, 2000) - 1899, 0)
 
 
 def user_code(name: str, feature: str, value: str) -> int:
@@ -248,7 +248,7 @@ def load_movielens(
     if name not in VARIANTS:
         raise ConfigError(f"unknown MovieLens release {name!r}; choose one of {list(VARIANTS)}.")
     variant = VARIANTS[name]
-    read = _reader(variant, Path(root), download_missing, progress)
+    read = _reader(name, Path(root), download_missing, progress)
     users, user_features = _parse_users(name, variant.users, read(variant.users))
     items, titles, years, genres = _parse_items(name, variant.items, read(variant.items))
     table = _parse_ratings(name, variant.ratings, read(variant.ratings))
@@ -274,10 +274,9 @@ def load_movielens(
     )
 
 
-def _reader(
-    variant: MovieLensVariant, root: Path, download_missing: bool, progress: bool
-) -> Callable[[str], str]:
+def _reader(name: str, root: Path, download_missing: bool, progress: bool) -> Callable[[str], str]:
     """A function reading one of the dataset's files as text, from a folder or the zip."""
+    variant = VARIANTS[name]
     for folder in (root, root / variant.folder):
         present = [f for f in variant.files if (folder / f).is_file()]
         if len(present) == len(variant.files):
@@ -293,9 +292,9 @@ def _reader(
     if not archive.is_file():
         if not download_missing:
             raise MovieLensError(
-                f"MovieLens is not in {root}: put {variant.remote.filename} (from "
+                f"{name} is not in {root}: put {variant.remote.filename} (from "
                 f"{variant.remote.url}) or its extracted folder {variant.folder}/ there, or "
-                f"download it with `fastadapt datasets download <name> --root {root}`."
+                f"download it with `fastadapt datasets download {name} --root {root}`."
             )
         archive = download(variant.remote, root, progress=progress)
     elif md5sum(archive) != variant.remote.md5:

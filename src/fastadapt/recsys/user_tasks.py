@@ -25,7 +25,7 @@ import warnings
 import numpy as np
 import torch
 
-from fastadapt.datasets.movielens import GENRES, USER_FEATURES, MovieLens, year_code
+from fastadapt.datasets.movielens import GENRES, USER_FEATURES, MovieLens, year_codes
 from fastadapt.errors import ConfigError
 from fastadapt.recsys.cold_start import ColdStartSplit
 from fastadapt.tasks.task import Task, TaskBatch
@@ -48,11 +48,10 @@ def rating_features(
 ) -> np.ndarray:
     """Model inputs ``[n, len(FEATURES)]`` (float32) for the user codes ``[n, 4]`` and items
     ``item_rows`` ``[n]`` of ``n`` ratings; ``tokens`` from :func:`item_tokens`."""
-    years = np.array([year_code(int(y)) for y in data.years], dtype=np.int64)
     return np.concatenate(
         [
             user_features,
-            years[item_rows, None],
+            year_codes(data.years)[item_rows, None],
             tokens[item_rows, None],
             data.genres[item_rows],
         ],

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from fastadapt.config import list_presets, load_preset
+from fastadapt.engine.build import TASK_FAMILIES
 
 MARKER = "<!-- presets-table -->"
 
@@ -24,8 +25,9 @@ def presets_table() -> str:
         config = load_preset(name)
         ref, task, evaluation = config.reference, config.task, config.eval
         target = ", ".join(f"{metric} {value:g}" for metric, value in ref.values.items())
-        shape = "" if task.family == "sinusoid" else f"{task.ways}-way "
-        eval_shape = "" if task.family == "sinusoid" else f"{evaluation.ways}-way "
+        classes = TASK_FAMILIES[task.family].problem == "classification"
+        shape = f"{task.ways}-way " if classes else ""
+        eval_shape = f"{evaluation.ways}-way " if classes else ""
         cells = [
             f"`{name}`",
             ref.paper,

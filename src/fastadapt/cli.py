@@ -1,5 +1,5 @@
 """The ``fastadapt`` command line: ``presets``, ``train``, ``eval``, ``plot``, ``report``,
-``adapt``, ``export``, ``datasets``.
+``adapt``, ``recommend``, ``export``, ``datasets``.
 
 Every error fastadapt raises on purpose is printed as one message on stderr with exit code 2,
 every warning as one line on stderr; nothing of an earlier run is overwritten.
@@ -15,11 +15,17 @@ from pathlib import Path
 from typing import Any
 
 from fastadapt.config import list_presets, load_preset
-from fastadapt.datasets.registry import DATASETS, dataset_info, dataset_root, download_dataset
+from fastadapt.datasets.registry import (
+    DATASETS,
+    RATINGS,
+    dataset_info,
+    dataset_root,
+    download_dataset,
+)
 from fastadapt.engine.plots import plot_learning_curves
 from fastadapt.engine.report import report_table, write_report
 from fastadapt.engine.run import evaluate_run, train_run
-from fastadapt.errors import FastAdaptError
+from fastadapt.errors import ConfigError, FastAdaptError
 from fastadapt.inference.adapt_folder import (
     FolderPredictions,
     adapt_folder,
@@ -27,6 +33,7 @@ from fastadapt.inference.adapt_folder import (
 )
 from fastadapt.inference.export import export_model
 from fastadapt.inference.load import load
+from fastadapt.recsys.recommend import recommend
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -168,6 +175,31 @@ def _parser() -> argparse.ArgumentParser:
     )
     adapt.set_defaults(handler=_adapt)
 
+    suggest = verbs.add_parser(
+        "recommend",
+        help="adapt a MovieLens model to a new user's ratings; rank the movies they have not seen",
+        description="Adapt a model trained on MovieLens (run or export folder) to a new user's "
+        "ratings (a CSV file with a header naming the columns item and rating: MovieLens item "
+        "ids, 1-5 stars) and list the unseen movies with the highest predicted ratings.",
+    )
+    suggest.add_argument("run", type=Path, metavar="RUN", help="a run folder or an export folder")
+    suggest.add_argument(
+        "--ratings", type=Path, required=True, metavar="FILE", help="the user's item,rating CSV"
+    )
+    suggest.add_argument("--top", type=int, default=10, help="how many movies (default: 10)")
+    suggest.add_argument(
+        "--user",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="what the user tells of themselves: gender=F, age=25, occupation=writer, zip=94110 "
+        "(repeatable; the rest is unknown)",
+    )
+    suggest.add_argument(
+        "--checkpoint", choices=("best", "last"), default="best", help="which checkpoint of a run"
+    )
+    suggest.set_defaults(handler=_recommend)
+
     export = verbs.add_parser(
         "export",
         help="write a run's model as safetensors weights plus a JSON config",
@@ -263,6 +295,24 @@ def _adapt(args: argparse.Namespace) -> int:
     return 0
 
 
+def _recommend(args: argparse.Namespace) -> int:
+    user = {}
+    for assignment in args.user:
+        key, sep, value = assignment.partition("=")
+        if not sep:
+            raise ConfigError(f"--user expects KEY=VALUE, got {assignment!r}; e.g. --user age=25.")
+        user[key.strip()] = value
+    model = load(args.run, checkpoint=args.checkpoint)
+    items = recommend(model, args.ratings, top=args.top, user=user)
+    print(f"model: {model.config.algorithm.name} {model.config.model.kind}, {model.source}")
+    print(f"top {len(items)} unseen movies for the ratings in {args.ratings}:")
+    width = max((len(item.title) for item in items), default=5)
+    print(f"{'rank':>4}  {'item':>5}  {'title':<{width}}  predicted rating")
+    for rank, item in enumerate(items, start=1):
+        print(f"{rank:>4}  {item.item:>5}  {item.title:<{width}}  {item.predicted:.2f}")
+    return 0
+
+
 def _export(args: argparse.Namespace) -> int:
     manifest = export_model(load(args.run, checkpoint=args.checkpoint), args.out)
     print(f"exported to {args.out} ({manifest.name}, model.safetensors)")
@@ -270,7 +320,7 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def _datasets_list(args: argparse.Namespace) -> int:
-    for name, entry in DATASETS.items():
+    for name, entry in {**DATASETS, **RATINGS}.items():
         print(
             f"{name}\n  {entry.summary}\n  {entry.source}\n  default folder: "
             f"{dataset_root(name, None)}"
@@ -286,6 +336,12 @@ def _datasets_download(args: argparse.Namespace) -> int:
 def _datasets_info(args: argparse.Namespace) -> int:
     info = dataset_info(args.name, args.root)
     print(f"{info['name']}: {info['summary']}\n  folder: {info['root']}")
+    if "ratings" in info:
+        counts = info["ratings"]
+        print(
+            f"  {counts['ratings']} ratings of {counts['items']} items by {counts['users']} users"
+        )
+        return 0
     for split, facts in info["splits"].items():
         shape = "x".join(str(d) for d in facts["image_shape"])
         print(f"  {split:<6} {facts['classes']:>5} classes  {facts['images']:>7} examples  {shape}")

@@ -40,13 +40,15 @@ class TaskConfig:
 
 @dataclass
 class DataConfig:
-    """Where an image dataset (``task.family`` = its name) lives, how it is decoded, and which
-    split of its classes into train / val / test is used: ``split`` names one (``""``: the
-    dataset's standard split; Omniglot: ``"vinyals"``, its standard, or ``"versa"``)."""
+    """Where a dataset (``task.family`` = its name) lives, how images are decoded, which split
+    of an image dataset's classes into train / val / test is used (``split``; ``""``: the
+    dataset's standard split; Omniglot: ``"vinyals"``, its standard, or ``"versa"``), and the
+    seed of the cold-start split of a ratings dataset (:mod:`fastadapt.recsys.cold_start`)."""
 
     root: str = ""
     image_size: int = 28
     split: str = ""
+    split_seed: int = 0
 
 
 @dataclass
@@ -59,15 +61,20 @@ class ModelConfig:
     blocks: int = 4
     ceil_mode: bool = False
     dropout: float = 0.0
+    embedding_dim: int = 32
 
 
 @dataclass
 class AlgorithmConfig:
+    """The meta-learner; ``adapt`` names the modules MAML's inner loop adapts (MeLU:
+    ``["decision"]``), empty for every parameter (or the head, with ``anil``)."""
+
     name: str = "maml"
     inner_steps: int = 1
     inner_lr: float = 0.01
     first_order: bool = False
     anil: bool = False
+    adapt: list[str] = field(default_factory=list)
     meta_sgd: bool = False
     per_step_lr: bool = False
     batch_mode: str = "auto"
@@ -101,6 +108,9 @@ class TrainConfig:
 
 @dataclass
 class EvalConfig:
+    """The test protocol; ``partition`` is the cold-start partition of a ratings family
+    (``warm``, ``new-users``, ``new-items`` or ``new-both``), ignored by other families."""
+
     ways: int = 5
     shots: int = 5
     queries: int = 100
@@ -111,6 +121,7 @@ class EvalConfig:
     seed: int = 0
     batch: int = 100
     inner_batch: int | None = None
+    partition: str = "new-users"
 
 
 @dataclass
@@ -185,6 +196,7 @@ class RunConfig:
             "eval.inner_steps": self.eval.inner_steps,
             "eval.batch": self.eval.batch,
             "data.image_size": self.data.image_size,
+            "model.embedding_dim": self.model.embedding_dim,
         }
         optional_positive = {
             "train.task_chunk": self.train.task_chunk,

@@ -16,11 +16,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fastadapt.algorithms.rating_metrics import masked_mean, rating_metrics
 from fastadapt.engine.calibration import CALIBRATION, calibration_counts
 from fastadapt.tasks.task import TaskBatch
 
-Problem = Literal["regression", "classification"]
-PROBLEMS = ("regression", "classification")
+#: ``rating`` is regression of ratings ``[n, 1]`` scored per user by MAE, RMSE and nDCG@k
+#: (:mod:`fastadapt.algorithms.rating_metrics`), e.g. cold-start recommendation.
+Problem = Literal["regression", "classification", "rating"]
+PROBLEMS = ("regression", "classification", "rating")
 
 
 @dataclass
@@ -32,7 +35,8 @@ class LossOutput:
 
 
 class Predictor:
-    """A model adapted to one task: ``predictor(x)`` gives outputs (regression) or logits."""
+    """A model adapted to one task: ``predictor(x)`` gives outputs (regression, ratings) or
+    logits (classification)."""
 
     def __init__(self, forward: Callable[[torch.Tensor], torch.Tensor], problem: Problem) -> None:
         self._forward = forward
@@ -43,7 +47,7 @@ class Predictor:
             return self._forward(x)
 
     def predict(self, x: torch.Tensor) -> torch.Tensor:
-        """Regression: the predicted values. Classification: the predicted class indices."""
+        """Regression and ratings: the predicted values. Classification: the class indices."""
         out = self(x)
         return out.argmax(dim=-1) if self.problem == "classification" else out
 
@@ -71,10 +75,10 @@ class GaussianPredictor(Predictor):
 
 
 def task_loss(problem: Problem, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Loss of one task: mean squared error, or cross-entropy over the task's classes."""
-    if problem == "regression":
-        return F.mse_loss(output, target)
-    return F.cross_entropy(output, target)
+    """Loss of one task: cross-entropy over the task's classes, else mean squared error."""
+    if problem == "classification":
+        return F.cross_entropy(output, target)
+    return F.mse_loss(output, target)
 
 
 def check_problem(problem: str) -> Problem:
@@ -91,12 +95,16 @@ class MetaLearner(nn.Module, ABC):
     @property
     def loss_metric(self) -> str:
         """Name of the per-task metric that is the training loss (``mse`` or ``loss``)."""
-        return "mse" if self.problem == "regression" else "loss"
+        return "loss" if self.problem == "classification" else "mse"
 
     @property
     def headline_metric(self) -> tuple[str, bool]:
         """The metric that ranks checkpoints, and whether higher is better."""
-        return ("mse", False) if self.problem == "regression" else ("accuracy", True)
+        return {
+            "regression": ("mse", False),
+            "classification": ("accuracy", True),
+            "rating": ("mae", False),
+        }[self.problem]
 
     def forward(self, batch: TaskBatch) -> LossOutput:
         """``learner(batch)`` is :meth:`meta_loss`, so ``torch.func.functional_call`` works."""
@@ -114,22 +122,36 @@ class MetaLearner(nn.Module, ABC):
     def task_metrics(self, batch: TaskBatch) -> dict[str, torch.Tensor]:
         """Per-task evaluation metrics, each a tensor ``[B]`` (e.g. ``mse``, ``accuracy``)."""
 
-    def task_losses(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        """Per-task loss ``[B]`` of batched outputs ``[B, n, ...]``: MSE or cross-entropy."""
-        if self.problem == "regression":
-            return ((output - target) ** 2).mean(dim=tuple(range(1, output.dim())))
-        log_probs = output.log_softmax(dim=-1)
-        return -log_probs.gather(-1, target.unsqueeze(-1)).squeeze(-1).mean(dim=1)
+    def task_losses(
+        self, output: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Per-task loss ``[B]`` of batched outputs ``[B, n, ...]``: MSE or cross-entropy.
 
-    def query_metrics(self, output: torch.Tensor, target: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Per-task metrics ``[B]`` of batched outputs: the loss, and accuracy if classifying."""
-        metrics = {self.loss_metric: self.task_losses(output, target)}
+        ``mask`` (``[B, n]``, True on real examples) leaves out the padding of query sets of
+        different sizes (:attr:`TaskBatch.query_mask`): each task's loss is the mean over its
+        own examples.
+        """
         if self.problem == "classification":
-            metrics["accuracy"] = (output.argmax(dim=-1) == target).float().mean(dim=1)
+            log_probs = output.log_softmax(dim=-1)
+            per_example = -log_probs.gather(-1, target.unsqueeze(-1)).squeeze(-1)
+        else:
+            per_example = ((output - target) ** 2).reshape(*target.shape[:2], -1).mean(dim=-1)
+        return masked_mean(per_example, mask)
+
+    def query_metrics(
+        self, output: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None
+    ) -> dict[str, torch.Tensor]:
+        """Per-task metrics ``[B]`` of batched outputs: the loss, accuracy if classifying, and
+        MAE, RMSE, nDCG@1 and nDCG@3 of ratings ``[B, n, 1]``."""
+        metrics = {self.loss_metric: self.task_losses(output, target, mask)}
+        if self.problem == "classification":
+            metrics["accuracy"] = masked_mean((output.argmax(dim=-1) == target).float(), mask)
+        if self.problem == "rating":
+            metrics.update(rating_metrics(output[..., 0], target[..., 0], mask))
         return metrics
 
     def evaluation_metrics(
-        self, output: torch.Tensor, target: torch.Tensor
+        self, output: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None
     ) -> dict[str, torch.Tensor]:
         """:meth:`query_metrics` as evaluation reports them.
 
@@ -137,9 +159,10 @@ class MetaLearner(nn.Module, ABC):
         distribution, is their negative log-likelihood: it is reported as ``nll``, with
         ``accuracy`` and the per-task statistics ``calibration`` ``[B, bins, 3]`` from which
         the evaluator computes the expected calibration error
-        (:mod:`fastadapt.engine.calibration`). Regression metrics are unchanged.
+        (:mod:`fastadapt.engine.calibration`). Regression and rating metrics are unchanged;
+        ``mask`` as in :meth:`query_metrics`.
         """
-        metrics = self.query_metrics(output, target)
+        metrics = self.query_metrics(output, target, mask)
         if self.problem == "classification":
             metrics = {
                 "nll": metrics.pop(self.loss_metric),

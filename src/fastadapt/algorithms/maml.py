@@ -13,6 +13,11 @@ the inner gradients treated as constants (first order, §5.2).
 Options:
 - ``anil`` (Raghu et al. 2020, "Rapid Learning or Feature Reuse?"): only the head's parameters
   are adapted in the inner loop.
+- ``adapt``: only the parameters of the named modules are adapted, the others are learned by
+  the outer loop alone. MeLU (Lee et al. 2019, "MeLU: Meta-Learned User Preference Estimator
+  for Cold-Start Recommendation", §3.2 and Algorithm 1) is MAML with ``adapt`` naming the
+  decision-making and output layers: the "local update" of θ2 on a user's support ratings,
+  while the user and item embeddings θ1 change only in the "global update".
 - ``meta_sgd`` (Li et al. 2017, "Meta-SGD", Eq. 4): θ'_i = θ - α ∘ ∇L with a learned
   learning rate per parameter element.
 - ``per_step_lr`` (Antoniou et al. 2019, "How to train your MAML", §4 LSLR): a learned learning
@@ -53,6 +58,9 @@ class MAML(MetaLearner):
         first_order: drop second-order terms (first-order MAML).
         anil: adapt only the parameters of ``head`` (default: the model's last child that has
             parameters).
+        adapt: adapt only the parameters of these modules (dotted names such as
+            ``"decision"`` or ``"decision.4"``, or parameter names); default: every parameter.
+            Cannot be combined with ``anil``, which is ``adapt=[head]``.
         meta_sgd: learn one inner learning rate per parameter element, initialised to α.
         per_step_lr: learn one inner learning rate per parameter tensor and inner step;
             evaluation steps beyond ``inner_steps`` reuse the last step's rates.
@@ -72,6 +80,7 @@ class MAML(MetaLearner):
         first_order: bool = False,
         anil: bool = False,
         head: str | None = None,
+        adapt: Sequence[str] | None = None,
         meta_sgd: bool = False,
         per_step_lr: bool = False,
         batch_mode: str = "auto",
@@ -100,7 +109,7 @@ class MAML(MetaLearner):
         self.first_order = first_order
         self.per_step_lr = per_step_lr
         self.batch_mode = resolve_batch_mode(model, batch_mode)
-        self.adapted_names = _adapted_parameter_names(model, head if anil else None, anil)
+        self.adapted_names = _adapted_parameter_names(model, anil, head, adapt)
         self.inner_lrs: nn.ParameterList | None = None
         if learned_lr:
             shapes = dict(model.named_parameters())
@@ -118,7 +127,9 @@ class MAML(MetaLearner):
         *_, params = self._inner_loop(
             batch.support_x, batch.support_y, self.inner_steps, training=True
         )
-        per_task = self.query_metrics(self._forward_tasks(params, batch.query_x), batch.query_y)
+        per_task = self.query_metrics(
+            self._forward_tasks(params, batch.query_x), batch.query_y, batch.query_mask
+        )
         loss = per_task[self.loss_metric].mean()
         return LossOutput(loss, {k: v.detach().mean() for k, v in per_task.items()})
 
@@ -137,7 +148,7 @@ class MAML(MetaLearner):
                 continue
             with torch.no_grad():
                 per_task = self.evaluation_metrics(
-                    self._forward_tasks(params, batch.query_x), batch.query_y
+                    self._forward_tasks(params, batch.query_x), batch.query_y, batch.query_mask
                 )
             for name, value in per_task.items():
                 if step in self.report_steps:
@@ -204,25 +215,46 @@ class MAML(MetaLearner):
         return updated
 
 
-def _adapted_parameter_names(model: nn.Module, head: str | None, anil: bool) -> list[str]:
+def _adapted_parameter_names(
+    model: nn.Module, anil: bool, head: str | None, adapt: Sequence[str] | None
+) -> list[str]:
+    """The names of the parameters the inner loop adapts, in the model's order."""
     names = [name for name, _ in model.named_parameters()]
     if not names:
         raise ValueError("the model has no parameters to adapt; pass a model with parameters.")
-    if not anil:
+    children = [n for n, _ in model.named_children()]
+    if anil:
+        if adapt is not None:
+            raise ValueError("anil=True adapts the head only; pass anil or adapt, not both.")
+        if head is None:
+            with_params = [
+                n for n, m in model.named_children() if any(True for _ in m.parameters())
+            ]
+            if not with_params:
+                raise ValueError("anil=True needs a model with child modules; name the head.")
+            head = with_params[-1]
+        if not any(_belongs(name, head) for name in names):
+            raise ValueError(
+                f"anil head {head!r} matches no parameter of the model; "
+                f"choose one of its child modules: {children}."
+            )
+        adapt = [head]
+    if adapt is None:
         return names
-    if head is None:
-        with_params = [n for n, m in model.named_children() if any(True for _ in m.parameters())]
-        if not with_params:
-            raise ValueError("anil=True needs a model with child modules; name the head.")
-        head = with_params[-1]
-    adapted = [n for n in names if n == head or n.startswith(head + ".")]
-    if not adapted:
-        children = [n for n, _ in model.named_children()]
+    if isinstance(adapt, str) or not adapt:
+        raise ValueError(f"adapt must be a list of module names, e.g. ['decision'], got {adapt!r}.")
+    unknown = [prefix for prefix in adapt if not any(_belongs(n, prefix) for n in names)]
+    if unknown:
         raise ValueError(
-            f"anil head {head!r} matches no parameter of the model; "
-            f"choose one of its child modules: {children}."
+            f"adapt names {unknown}, which match no parameter of the model; choose among its "
+            f"modules, e.g. its children {children}."
         )
-    return adapted
+    return [name for name in names if any(_belongs(name, prefix) for prefix in adapt)]
+
+
+def _belongs(name: str, prefix: str) -> bool:
+    """Whether parameter ``name`` is ``prefix`` or lies inside the module ``prefix``."""
+    return name == prefix or name.startswith(prefix + ".")
 
 
 def _positive_int(name: str, value: int) -> int:

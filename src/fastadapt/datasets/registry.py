@@ -1,7 +1,9 @@
 """The datasets fastadapt knows by name: where their files come from, and what they hold.
 
-Used by ``fastadapt datasets list | download | info`` (and, later, by presets through
-``data.name``). Loaders are imported when a dataset is used, so listing costs nothing.
+Two kinds: image datasets of classes (:data:`DATASETS`, few-shot episodes) and ratings datasets
+(:data:`RATINGS`, users as tasks for cold-start recommendation). Used by ``fastadapt datasets
+list | download | info`` and by ``task.family``. Loaders are imported when a dataset is used, so
+listing costs nothing.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ import functools
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fastadapt.datasets.class_set import ClassSet
 from fastadapt.datasets.paths import default_root
@@ -18,6 +20,8 @@ from fastadapt.errors import ConfigError
 
 Loader = Callable[[Path, str, bool], ClassSet]
 """``load(root, split, download)``: the classes of ``split`` ("train", "val" or "test")."""
+if TYPE_CHECKING:
+    from fastadapt.datasets.movielens import MovieLens
 
 
 @dataclass(frozen=True)
@@ -132,11 +136,48 @@ DATASETS: dict[str, DatasetEntry] = {
 }
 
 
-def dataset(name: str) -> DatasetEntry:
+@dataclass(frozen=True)
+class RatingsEntry:
+    """One named ratings dataset: a summary, where its files come from, and its loader."""
+
+    summary: str
+    source: str
+    folder: str
+    load: Callable[[Path, bool], MovieLens]
+
+
+@functools.lru_cache(maxsize=4)
+def _movielens(name: str, root: Path, download: bool) -> MovieLens:
+    """One parse per release and folder: train, validation and test tasks share it."""
+    from fastadapt.datasets.movielens import load_movielens
+
+    return load_movielens(name, root, download_missing=download)
+
+
+RATINGS: dict[str, RatingsEntry] = {
+    "movielens-100k": RatingsEntry(
+        "Harper & Konstan 2015: 100,000 ratings 1-5 of 1,682 movies by 943 users, with user "
+        "demographics, genres and release dates",
+        "downloaded: ml-100k.zip (files.grouplens.org), or its extracted ml-100k/ folder",
+        "movielens",
+        functools.partial(_movielens, "movielens-100k"),
+    ),
+    "movielens-1m": RatingsEntry(
+        "Harper & Konstan 2015: 1,000,209 ratings 1-5 of 3,706 movies by 6,040 users, with "
+        "user demographics, genres and release years",
+        "downloaded: ml-1m.zip (files.grouplens.org), or its extracted ml-1m/ folder",
+        "movielens",
+        functools.partial(_movielens, "movielens-1m"),
+    ),
+}
+
+
+def dataset(name: str) -> DatasetEntry | RatingsEntry:
     """The entry of a named dataset; an unknown name lists the known ones."""
-    if name not in DATASETS:
-        raise ConfigError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}.")
-    return DATASETS[name]
+    known = {**DATASETS, **RATINGS}
+    if name not in known:
+        raise ConfigError(f"unknown dataset {name!r}; choose one of {', '.join(known)}.")
+    return known[name]
 
 
 def split_loader(name: str, split: str) -> Loader:
@@ -166,23 +207,32 @@ def dataset_root(name: str, root: Path | None) -> Path:
 def download_dataset(name: str, root: Path | None) -> Path:
     """Download a dataset's files (verified) and build its caches; returns its folder."""
     entry = dataset(name)
+    folder = dataset_root(name, root)
+    if isinstance(entry, RatingsEntry):
+        entry.load(folder, True)
+        return folder
     if not entry.downloadable:
         raise ConfigError(
             f"{name} cannot be downloaded (its hosting is not stable); put your copy in "
             f"{dataset_root(name, root)}: {entry.source}."
         )
-    folder = dataset_root(name, root)
     for split in entry.splits:
         entry.load(folder, split, True)
     return folder
 
 
 def dataset_info(name: str, root: Path | None) -> dict[str, Any]:
-    """Classes and images per split, and the cache files with their sizes and location."""
+    """Classes and images per split, and the cache files with their sizes and location; for a
+    ratings dataset, its numbers of users, items and ratings instead of splits."""
     from fastadapt.datasets.cache import cache_info
 
     entry = dataset(name)
     folder = dataset_root(name, root)
+    common = {"name": name, "summary": entry.summary, "source": entry.source, "root": str(folder)}
+    if isinstance(entry, RatingsEntry):
+        data = entry.load(folder, False)
+        counts = {"users": len(data.user_ids), "items": len(data.item_ids)}
+        return {**common, "ratings": {**counts, "ratings": len(data.rating)}}
     splits = {}
     for split in entry.splits:
         classes = entry.load(folder, split, False)
@@ -191,11 +241,4 @@ def dataset_info(name: str, root: Path | None) -> dict[str, Any]:
             "images": int(classes.examples_per_class().sum()),
             "image_shape": [classes.channels, classes.height, classes.width],
         }
-    return {
-        "name": name,
-        "summary": entry.summary,
-        "source": entry.source,
-        "root": str(folder),
-        "splits": splits,
-        "cache": cache_info(folder / "cache"),
-    }
+    return {**common, "splits": splits, "cache": cache_info(folder / "cache")}

@@ -16,25 +16,41 @@ from torch import nn
 from fastadapt.algorithms.base import MetaLearner
 from fastadapt.algorithms.maml import MAML
 from fastadapt.algorithms.matching import MatchingNet
+from fastadapt.algorithms.pretrained import Pretrained
 from fastadapt.algorithms.protonet import ProtoNet
 from fastadapt.algorithms.reptile import Reptile
 from fastadapt.algorithms.versa import Versa
 from fastadapt.algorithms.versa_regression import VersaRegression
 from fastadapt.config import RunConfig
-from fastadapt.datasets.registry import DATASETS, dataset_root, split_loader
+from fastadapt.datasets.movielens import VARIANTS
+from fastadapt.datasets.registry import DATASETS, RATINGS, dataset_root, split_loader
 from fastadapt.errors import ConfigError
 from fastadapt.nn.conv4 import Conv4
 from fastadapt.nn.mlp import MLP
 from fastadapt.nn.resnet12 import ResNet12
+from fastadapt.recsys.cold_start import cold_start_split
+from fastadapt.recsys.melu import MeLU
+from fastadapt.recsys.user_tasks import FEATURES, UserTasks
 from fastadapt.tasks.sampler import FewShotSampler
 from fastadapt.tasks.sinusoid import SinusoidTasks
 from fastadapt.tasks.task import TaskBatch
 
 
 class TaskFamily(Protocol):
-    """An indexable, seeded source of tasks: ``batch(indices)`` is a pure function of them."""
+    """An indexable, seeded source of tasks: ``batch(indices)`` is a pure function of them.
+
+    A family with a finite number of distinct tasks (the users of a partition) also has
+    ``__len__``; see :func:`task_count`.
+    """
 
     def batch(self, indices: list[int] | range) -> TaskBatch: ...
+
+
+def task_count(family: TaskFamily, requested: int) -> int:
+    """How many tasks to evaluate: ``requested``, or all of a finite family's if it has fewer
+    (each user of a partition once)."""
+    size = getattr(family, "__len__", None)
+    return requested if size is None else min(requested, size())
 
 
 @dataclass(frozen=True)
@@ -67,9 +83,26 @@ def _image_episodes(config: RunConfig, split: str) -> TaskFamily:
     return FewShotSampler(classes, task.ways, task.shots, task.queries, seed, _STREAMS[split])
 
 
+def _users(config: RunConfig, split: str) -> TaskFamily:
+    """Users of a ratings dataset as tasks: the training users, the validation users, or the
+    test users of ``eval.partition`` (:mod:`fastadapt.recsys.cold_start`)."""
+    name = config.task.family
+    root = Path(config.data.root).expanduser() if config.data.root else None
+    data = RATINGS[name].load(dataset_root(name, root), False)
+    cold_start = cold_start_split(data, config.data.split_seed)
+    if split == "train":
+        task, seed, partition = config.task, config.train.seed, "train"
+    else:
+        task, seed = config.eval, config.eval.seed
+        partition = "val" if split == "val" else config.eval.partition
+    shuffle = split == "train"
+    return UserTasks(data, cold_start, partition, task.shots, task.queries, seed, shuffle=shuffle)
+
+
 TASK_FAMILIES: dict[str, FamilySpec] = {
     "sinusoid": FamilySpec(_sinusoid, "regression"),
     **{name: FamilySpec(_image_episodes, "classification") for name in DATASETS},
+    **{name: FamilySpec(_users, "rating") for name in RATINGS},
 }
 
 
@@ -87,6 +120,8 @@ def _model_shape(config: RunConfig, head: bool) -> tuple[int, int | None]:
     """Input features (or channels) and outputs of the model; ``None``: an embedding."""
     if config.task.family == "sinusoid":
         return 1, 1 if head else None
+    if config.task.family in RATINGS:
+        return len(FEATURES), 1
     return image_channels(config.task.family), config.task.ways if head else None
 
 
@@ -118,10 +153,21 @@ def _resnet12(config: RunConfig, in_channels: int, ways: int | None) -> nn.Modul
     return ResNet12(in_channels, image_size=config.data.image_size, ways=ways)
 
 
+def _melu(config: RunConfig, in_features: int, out_features: int | None) -> nn.Module:
+    if config.task.family not in RATINGS:
+        raise ConfigError(
+            f"model.kind=melu embeds MovieLens users and items; task.family must be one of "
+            f"{sorted(RATINGS)}, got {config.task.family!r}."
+        )
+    num_items = VARIANTS[config.task.family].max_item_id
+    return MeLU(num_items, config.model.embedding_dim, config.model.hidden)
+
+
 MODELS: dict[str, Callable[[RunConfig, int, int | None], nn.Module]] = {
     "mlp": _mlp,
     "conv4": _conv4,
     "resnet12": _resnet12,
+    "melu": _melu,
 }
 
 
@@ -137,6 +183,7 @@ def _maml(config: RunConfig, model: nn.Module, problem: str) -> MetaLearner:
         report_steps=evaluation.report_steps,
         first_order=algo.first_order,
         anil=algo.anil,
+        adapt=algo.adapt or None,
         meta_sgd=algo.meta_sgd,
         per_step_lr=algo.per_step_lr,
         batch_mode=algo.batch_mode,
@@ -155,6 +202,21 @@ def _reptile(config: RunConfig, model: nn.Module, problem: str) -> MetaLearner:
         eval_inner_steps=evaluation.inner_steps,
         eval_inner_lr=evaluation.inner_lr,
         eval_inner_batch=evaluation.inner_batch,
+    )
+
+
+def _pretrained(config: RunConfig, model: nn.Module, problem: str) -> MetaLearner:
+    algo, evaluation = config.algorithm, config.eval
+    return Pretrained(
+        model,
+        problem=problem,
+        inner_lr=algo.inner_lr,
+        eval_inner_steps=evaluation.inner_steps,
+        eval_inner_lr=evaluation.inner_lr,
+        report_steps=evaluation.report_steps,
+        anil=algo.anil,
+        adapt=algo.adapt or None,
+        batch_mode=algo.batch_mode,
     )
 
 
@@ -198,8 +260,9 @@ class AlgorithmSpec:
 
 
 ALGORITHMS: dict[str, AlgorithmSpec] = {
-    "maml": AlgorithmSpec(_maml, ("regression", "classification"), head=True),
+    "maml": AlgorithmSpec(_maml, ("regression", "classification", "rating"), head=True),
     "reptile": AlgorithmSpec(_reptile, ("regression", "classification"), head=True),
+    "pretrained": AlgorithmSpec(_pretrained, ("regression", "classification", "rating"), head=True),
     "protonet": AlgorithmSpec(_protonet, ("classification",), head=False),
     "matching": AlgorithmSpec(_matching, ("classification",), head=False),
     "versa": AlgorithmSpec(_versa, ("regression", "classification"), head=False),

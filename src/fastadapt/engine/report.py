@@ -3,8 +3,9 @@
 Each evaluation in a run's ``results.json`` is one row: run, preset, algorithm, dataset, ways,
 shots, our number (mean ± 95% CI) beside the paper's, and the run's training wall time. The
 numbers are those the preset targets (its ``[reference]`` values, e.g. ``mse@1`` ``mse@5``
-``mse@10``), else the headline metric (``accuracy``, or ``mse`` for regression). A run
-evaluated twice under the same protocol and checkpoint gives one row, its latest evaluation.
+``mse@10``), else the headline metric (``accuracy``, ``mae`` for ratings, or ``mse`` for
+regression). A run evaluated twice under the same protocol and checkpoint gives one row, its
+latest evaluation.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ COLUMNS = (
     "paper",
     "wall time",
 )
-_HEADLINES = ("accuracy", "mse")
+_HEADLINES = ("accuracy", "mae", "mse")
 
 
 def report_table(run_dirs: Sequence[Path]) -> str:

@@ -30,6 +30,7 @@ from fastadapt.engine.build import (
     build_learner,
     build_optimizer,
     build_task_family,
+    task_count,
 )
 from fastadapt.engine.calibration import CALIBRATION
 from fastadapt.engine.checkpoint import load_checkpoint
@@ -55,7 +56,7 @@ RESUME_NEUTRAL = (
 )
 RESUME_NEUTRAL_SECTIONS = ("eval.", "reference.")
 #: Algorithms with an inner loop, whose evaluation protocol includes its steps and rate.
-GRADIENT_BASED = ("maml", "reptile")
+GRADIENT_BASED = ("maml", "reptile", "pretrained")
 #: Algorithms whose classifications average Monte Carlo samples (the protocol records how many).
 SAMPLING = ("versa",)
 #: Sinusoid test tasks drawn by ``--plots``.
@@ -161,17 +162,17 @@ def evaluate_run(
     learner.load_state_dict(state.learner)
     started = time.perf_counter()
     test_tasks = build_task_family(config, "test")
-    per_task = collect_task_metrics(
-        learner, test_tasks.batch, config.eval.tasks, config.eval.batch, device
-    )
+    tasks = task_count(test_tasks, config.eval.tasks)
+    per_task = collect_task_metrics(learner, test_tasks.batch, tasks, config.eval.batch, device)
     estimates = summarise(per_task)
     reference = config.to_dict()["reference"]
-    if (config.eval.ways, config.eval.shots) != (trained.eval.ways, trained.eval.shots):
+    setting = ("ways", "shots", "partition")
+    if any(getattr(config.eval, key) != getattr(trained.eval, key) for key in setting):
         reference["values"] = {}  # the paper's numbers belong to the preset's own protocol
     record = {
         "checkpoint": path.name,
         "step": state.step,
-        "protocol": protocol(config),
+        "protocol": protocol(config, tasks),
         "metrics": estimates_to_json(estimates),
         "reference": reference,
         "eval_seconds": time.perf_counter() - started,
@@ -223,23 +224,26 @@ def checkpoint_path(run_dir: Path, checkpoint: str = "best") -> Path:
     return path
 
 
-def protocol(config: RunConfig) -> dict[str, Any]:
-    """The evaluation protocol, printed beside every number and stored with it."""
-    ways = {} if config.task.family == "sinusoid" else {"ways": config.eval.ways}
+def protocol(config: RunConfig, tasks: int | None = None) -> dict[str, Any]:
+    """The evaluation protocol, printed beside every number and stored with it; ``tasks`` is
+    the number evaluated when it is fewer than ``eval.tasks`` (every user of a partition)."""
+    problem = TASK_FAMILIES[config.task.family].problem
+    ways = {"ways": config.eval.ways} if problem == "classification" else {}
+    partition = {"partition": config.eval.partition} if problem == "rating" else {}
     inner_loop: dict[str, Any] = {}
     if config.algorithm.name in GRADIENT_BASED:
         inner_loop = {
             "inner_steps": config.eval.inner_steps,
             "inner_lr": config.eval.inner_lr or config.algorithm.inner_lr,
+            **({"adapt": config.algorithm.adapt} if config.algorithm.adapt else {}),
         }
-    if config.algorithm.name == "maml":
+    if config.algorithm.name in ("maml", "pretrained"):
         inner_loop["report_steps"] = config.eval.report_steps
     if config.algorithm.name == "reptile":
         inner_loop["inner_batch"] = config.eval.inner_batch
-    classifies = TASK_FAMILIES[config.task.family].problem == "classification"
     samples = (
         {"samples": config.algorithm.samples}
-        if config.algorithm.name in SAMPLING and classifies
+        if config.algorithm.name in SAMPLING and problem == "classification"
         else {}
     )
     class_split = {"class_split": config.data.split} if config.data.split else {}
@@ -248,10 +252,11 @@ def protocol(config: RunConfig) -> dict[str, Any]:
         "family": config.task.family,
         **class_split,
         "algorithm": config.algorithm.name,
+        **partition,
         **ways,
         "shots": config.eval.shots,
         "queries": config.eval.queries,
-        "tasks": config.eval.tasks,
+        "tasks": config.eval.tasks if tasks is None else tasks,
         **inner_loop,
         **samples,
         "seed": config.eval.seed,

@@ -18,7 +18,7 @@ import torch
 from tqdm.auto import tqdm
 
 from fastadapt.algorithms.base import MetaLearner
-from fastadapt.engine.build import TaskFamily
+from fastadapt.engine.build import TaskFamily, task_count
 from fastadapt.engine.checkpoint import (
     Checkpoint,
     capture_rng_state,
@@ -205,7 +205,7 @@ class Trainer:
         estimates = evaluate(
             self.learner,
             self.val_tasks.batch,
-            self.schedule.val_tasks,
+            task_count(self.val_tasks, self.schedule.val_tasks),
             self.schedule.eval_batch,
             self.device,
         )

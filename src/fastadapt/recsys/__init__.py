@@ -1,0 +1,1 @@
+"""Cold-start recommendation on MovieLens: users as tasks, MeLU, baselines and ``recommend``."""

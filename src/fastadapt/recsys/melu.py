@@ -1,0 +1,92 @@
+"""MeLU's user preference estimator (Lee et al. 2019, "MeLU: Meta-Learned User Preference
+Estimator for Cold-Start Recommendation", KDD, arXiv:1908.00413, §3.1 and Figure 2).
+
+The user's and the item's categorical contents are embedded, one table per content
+(Eqs. 1-2: ``U_i = [e_i1 c_i1; …; e_iP c_iP]``, ``I_j`` likewise), and concatenated into
+``x_0 = [U_i; I_j]``; ``N`` fully connected decision-making layers with ReLU and a linear output
+layer give the rating (Eq. 3: ``x_n = a(W_nᵀ x_{n−1} + b_n)``, ``ŷ_ij = W_oᵀ x_N + b_o``).
+
+MeLU adapts the decision-making and output layers to each user (the "local update" of θ2,
+§3.2) and learns the embeddings θ1 in the "global update" only: :class:`MeLU` names them
+``decision`` and ``embedding``, so MeLU is ``MAML(MeLU(...), adapt=["decision"])``.
+
+The contents are those of :mod:`fastadapt.recsys.user_tasks`: gender, age, occupation and zip
+region of the user; release year, item token and genres of the item. Genres are multi-valued:
+their embedding is the mean of the embeddings of the item's genres. Code 0 (unknown, or an item
+never trained on) embeds to zeros. The paper's MovieLens items also have IMDb contents (rating,
+director, actors), which the GroupLens files lack; the item token stands in for them.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from fastadapt.datasets.movielens import GENRES, USER_CARDINALITIES, YEAR_CARDINALITY
+from fastadapt.nn.mlp import MLP
+
+
+class FeatureEmbedding(nn.Module):
+    """Concatenated embeddings of categorical codes, then of multi-hot flags (their mean).
+
+    Args:
+        cardinalities: the number of codes of each categorical column, 0 (unknown) included.
+        flags: the number of multi-hot columns after them.
+        dim: the embedding dimension ``d_e``.
+    """
+
+    def __init__(self, cardinalities: Sequence[int], flags: int, dim: int) -> None:
+        super().__init__()
+        if dim < 1 or flags < 1 or any(c < 2 for c in cardinalities):
+            raise ValueError(
+                f"embedding needs dim >= 1, flags >= 1 and cardinalities >= 2, got {dim}, "
+                f"{flags} and {list(cardinalities)}."
+            )
+        self.tables = nn.ModuleList(nn.Embedding(c, dim, padding_idx=0) for c in cardinalities)
+        self.flags = nn.Linear(flags, dim, bias=False)
+        self.in_features = len(cardinalities) + flags
+        self.out_features = (len(cardinalities) + 1) * dim
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` ``[..., in_features]`` (codes, then flags) to ``[..., out_features]``."""
+        if x.shape[-1] != self.in_features:
+            raise ValueError(
+                f"expected inputs with {self.in_features} columns (codes then flags), got "
+                f"shape {tuple(x.shape)}."
+            )
+        codes, flags = x[..., : len(self.tables)].long(), x[..., len(self.tables) :]
+        parts = [table(codes[..., column]) for column, table in enumerate(self.tables)]
+        parts.append(self.flags(flags) / flags.sum(dim=-1, keepdim=True).clamp(min=1))
+        return torch.cat(parts, dim=-1)
+
+
+class MeLU(nn.Sequential):
+    """The user preference estimator: ``embedding`` (θ1), then ``decision`` (θ2).
+
+    Args:
+        num_items: the largest item token (the dataset's largest MovieLens item id).
+        embedding_dim: ``d_e`` of every embedding (32 in the paper).
+        hidden: sizes of the decision-making layers (two of 64 in the paper).
+        output_bias: the initial bias ``b_o`` of the output layer, the middle of the 1-5
+            scale by default, so that training starts from plausible ratings. (The paper does
+            not say; from 0, MAML learns an initialisation whose un-adapted ratings are near 0
+            and whose first local update must carry them to the scale.)
+
+    Maps rating rows ``[n, len(FEATURES)]`` to predicted ratings ``[n, 1]``.
+    """
+
+    def __init__(
+        self,
+        num_items: int,
+        embedding_dim: int = 32,
+        hidden: Sequence[int] = (64, 64),
+        output_bias: float = 3.0,
+    ) -> None:
+        cardinalities = (*USER_CARDINALITIES, YEAR_CARDINALITY, num_items + 1)
+        embedding = FeatureEmbedding(cardinalities, len(GENRES), embedding_dim)
+        decision = MLP(embedding.out_features, hidden, 1)
+        nn.init.constant_(decision[-1].bias, output_bias)
+        super().__init__(OrderedDict(embedding=embedding, decision=decision))

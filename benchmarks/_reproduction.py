@@ -8,7 +8,9 @@ number, ours (mean ± 95% CI), the difference, the calibration of the prediction
 learner reports it (NLL, and ECE for classifiers), the training steps (and the step of the best
 validation checkpoint) and the training wall time. Runs live in ``--runs-dir/<setting>``; with
 ``--reuse`` a setting whose run folder holds a finished training is evaluated without training
-again (its training time is read from the run's ``results.json``). ``--plots`` draws each
+again (its training time is read from the run's ``results.json``); with ``--resume`` an
+interrupted run continues from its ``last.pt`` (its wall time summed over the sessions, see
+``Checkpoint.train_seconds``). ``--plots`` draws each
 evaluation's figures into its run folder (reliability diagram, or sinusoid predictions).
 
 Results go to ``benchmarks/results/<stem>.json`` (with ``--set`` overrides: ``<stem>_custom.json``,
@@ -57,6 +59,9 @@ def main(settings: dict[str, Setting], stem: str, description: str) -> None:
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--only", nargs="+", choices=list(settings), help="settings to run")
     parser.add_argument("--reuse", action="store_true", help="evaluate finished runs as they are")
+    parser.add_argument(
+        "--resume", action="store_true", help="continue interrupted runs from their last.pt"
+    )
     parser.add_argument("--runs-dir", type=Path, default=Path("runs/reproduction"))
     parser.add_argument("--set", action="append", default=[], help="extra key=value overrides")
     parser.add_argument("--progress", action="store_true", help="show training progress bars")
@@ -94,8 +99,10 @@ def _run_setting(name: str, setting: Setting, args: argparse.Namespace) -> list[
     record = _training_record(run_dir) if args.reuse else None
     if record is None:
         config = load_preset(setting.preset).override([*setting.overrides, *args.set])
-        print(f"training {name} into {run_dir} ...", file=sys.stderr, flush=True)
-        record = train_run(config, run_dir, progress=args.progress)
+        resume = args.resume and (run_dir / "checkpoints" / "last.pt").is_file()
+        verb = "resuming" if resume else "training"
+        print(f"{verb} {name} in {run_dir} ...", file=sys.stderr, flush=True)
+        record = train_run(config, run_dir, resume=resume, progress=args.progress)
     config = json.loads((run_dir / "config.json").read_text())
     rows = []
     for evaluation in setting.evaluations:

@@ -1,0 +1,166 @@
+"""Wall time and peak memory of one Conv-4 MAML meta-iteration on CPU: fastadapt against peers.
+
+Workload (identical for every implementation; the issue's): the Conv-4 classifier (four blocks
+of 3x3 convolution with 64 filters, BatchNorm with batch statistics, ReLU, 2x2 max-pool, then a
+linear 5-way head; the same initial weights everywhere), Omniglot-shaped 5-way 1-shot tasks with
+15 queries per class (1x28x28, float32), a meta-batch of 32, one inner SGD step (α = 0.4), the
+query cross-entropy averaged over the tasks, ``backward()`` and an outer Adam step (lr 1e-3;
+fused for fastadapt, as its trainer uses it). Second order by default; ``--first-order`` times
+first-order MAML instead (results in ``maml_conv4_speed_first_order.json``). Rows:
+
+- ``fastadapt``: ``MAML(Conv4(1, ways=5))`` and ``meta_loss`` on the ``TaskBatch``;
+- ``torch.func loop``: plain PyTorch, ``functional_call`` and ``autograd.grad`` per task;
+- ``torchmeta``, ``learn2learn``, ``higher``, ``torchopt``: each peer's documented MAML step
+  (``benchmarks/_maml_peers.py``), a loop over tasks.
+
+Measurement: interleaved rounds of worker subprocesses (``benchmarks/_interleaved.py``), 2
+torch threads by default; each row's peak resident memory is its worker's. Run from the project
+root with the project's venv:
+
+    python benchmarks/maml_conv4_speed.py [--first-order] [--rounds 5] [--iters-per-round 2]
+
+Prints a markdown table and writes ``benchmarks/results/maml_conv4_speed[_first_order].json``.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import torch
+import torch.nn.functional as F
+from _interleaved import OURS, PROJECT_ROOT, Benchmark, Impl, Step, main
+from _maml_peers import (
+    MamlWorkload,
+    TaskTensors,
+    build_higher,
+    build_learn2learn,
+    build_torch_func_loop,
+    build_torchmeta,
+    build_torchopt,
+)
+from torch import nn
+
+TASKS, WAYS, SHOTS, QUERIES, SIDE, HIDDEN = 32, 5, 1, 15, 28, 64
+INNER_LR, OUTER_LR = 0.4, 1e-3
+SEED = 0
+PEERS = ("torchmeta", "learn2learn", "higher", "torchopt")
+BASELINE = "torch.func loop"
+FIRST_ORDER = "--first-order" in sys.argv
+
+
+def _tasks() -> list[TaskTensors]:
+    gen = torch.Generator().manual_seed(SEED)
+    per_class = SHOTS + QUERIES
+    images = torch.rand(TASKS, WAYS * per_class, 1, SIDE, SIDE, generator=gen)
+    labels = torch.arange(WAYS).repeat_interleave(per_class)
+    support = torch.cat([torch.arange(c * per_class, c * per_class + SHOTS) for c in range(WAYS)])
+    query = torch.tensor([i for i in range(WAYS * per_class) if i not in set(support.tolist())])
+    return [(x[support], labels[support], x[query], labels[query]) for x in images]
+
+
+def _textbook_conv4() -> nn.Sequential:
+    def block(in_channels: int) -> nn.Sequential:
+        return nn.Sequential(
+            nn.Conv2d(in_channels, HIDDEN, 3, padding=1),
+            nn.BatchNorm2d(HIDDEN, track_running_stats=False),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+        )
+
+    blocks = [block(1), block(HIDDEN), block(HIDDEN), block(HIDDEN)]
+    return nn.Sequential(*blocks, nn.Flatten(), nn.Linear(HIDDEN, WAYS))
+
+
+def _initial_weights() -> dict[str, torch.Tensor]:
+    torch.manual_seed(SEED)
+    return _textbook_conv4().state_dict()
+
+
+def _plain_model() -> nn.Module:
+    model = _textbook_conv4()
+    model.load_state_dict(_initial_weights())
+    return model
+
+
+def _meta_model() -> nn.Module:
+    """The same network as torchmeta's ``MetaModule`` (imported only in its worker)."""
+    from torchmeta.modules import MetaBatchNorm2d, MetaConv2d, MetaLinear, MetaSequential
+
+    def block(in_channels: int) -> nn.Module:
+        return MetaSequential(
+            MetaConv2d(in_channels, HIDDEN, 3, padding=1),
+            MetaBatchNorm2d(HIDDEN, track_running_stats=False),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+        )
+
+    blocks = [block(1), block(HIDDEN), block(HIDDEN), block(HIDDEN)]
+    model = MetaSequential(*blocks, nn.Flatten(), MetaLinear(HIDDEN, WAYS))
+    model.load_state_dict(_initial_weights())
+    return model
+
+
+def _workload() -> MamlWorkload:
+    return MamlWorkload(
+        _tasks(), _plain_model, _meta_model, F.cross_entropy, INNER_LR, OUTER_LR, FIRST_ORDER
+    )
+
+
+def _build_fastadapt() -> tuple[Step, str]:
+    from fastadapt import MAML, Conv4, TaskBatch
+
+    model = Conv4(1, HIDDEN, ways=WAYS)
+    model.load_state_dict(_initial_weights())
+    learner = MAML(model, problem="classification", inner_lr=INNER_LR, first_order=FIRST_ORDER)
+    batch = TaskBatch(*(torch.stack(parts) for parts in zip(*_tasks(), strict=True)))
+    optimizer = torch.optim.Adam(learner.parameters(), lr=OUTER_LR, fused=True)
+
+    def step() -> torch.Tensor:
+        optimizer.zero_grad()
+        loss = learner.meta_loss(batch).loss
+        loss.backward()
+        optimizer.step()
+        return loss.detach()
+
+    return step, f"batch_mode={learner.batch_mode}, fused Adam"
+
+
+_ORDER = "first_order" if FIRST_ORDER else "second_order"
+_SUFFIX = "_first_order" if FIRST_ORDER else ""
+BENCHMARK = Benchmark(
+    script=__file__,
+    description=__doc__.split("\n\n")[0],
+    impls={
+        OURS: Impl("fastadapt", _build_fastadapt, peer=False),
+        BASELINE: Impl("torch", lambda: build_torch_func_loop(_workload()), peer=False),
+        "torchmeta": Impl(
+            "torchmeta", lambda: build_torchmeta(_workload()), peer=True, shim="torchmeta"
+        ),
+        "learn2learn": Impl(
+            "learn2learn", lambda: build_learn2learn(_workload()), peer=True, shim="l2l"
+        ),
+        "higher": Impl("higher", lambda: build_higher(_workload()), peer=True),
+        "torchopt": Impl("torchopt", lambda: build_torchopt(_workload()), peer=True),
+    },
+    peers=PEERS,
+    baseline=BASELINE,
+    workload={
+        "model": "Conv-4 (64 filters, batch-statistics BatchNorm, max-pool) + linear 5-way head",
+        "tasks_per_batch": TASKS,
+        "episode": f"{WAYS}-way {SHOTS}-shot, {QUERIES} queries per class, 1x28x28",
+        "inner_steps": 1,
+        "inner_lr": INNER_LR,
+        "meta_gradient": _ORDER.replace("_", " "),
+        "outer_optimizer": f"Adam lr={OUTER_LR} (fused for fastadapt)",
+        "dtype": "float32",
+    },
+    results=PROJECT_ROOT / "benchmarks" / "results" / f"maml_conv4_speed{_SUFFIX}.json",
+    warmup=2,
+    rounds=5,
+    iters_per_round=2,
+    worker_args=("--first-order",) if FIRST_ORDER else (),
+)
+
+
+if __name__ == "__main__":
+    main(BENCHMARK, [arg for arg in sys.argv[1:] if arg != "--first-order"])

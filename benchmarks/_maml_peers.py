@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from _interleaved import Step
+from _interleaved import Impl, Step
 from torch import nn
 
 TaskTensors = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
@@ -140,3 +140,17 @@ def build_torchopt(w: MamlWorkload) -> tuple[Step, str]:
         return w.loss(functional_call(model, adapted, (qx,)), qy)
 
     return _meta_step(w.adam(model.parameters()), w.tasks, task_loss), "sgd + apply_updates"
+
+
+def peer_impls(workload: Callable[[], MamlWorkload]) -> dict[str, Impl]:
+    """The four peers' rows of a benchmark, each building ``workload()`` in its worker."""
+    return {
+        "torchmeta": Impl(
+            "torchmeta", lambda: build_torchmeta(workload()), peer=True, shim="torchmeta"
+        ),
+        "learn2learn": Impl(
+            "learn2learn", lambda: build_learn2learn(workload()), peer=True, shim="l2l"
+        ),
+        "higher": Impl("higher", lambda: build_higher(workload()), peer=True),
+        "torchopt": Impl("torchopt", lambda: build_torchopt(workload()), peer=True),
+    }

@@ -29,15 +29,7 @@ import sys
 import torch
 import torch.nn.functional as F
 from _interleaved import OURS, PROJECT_ROOT, Benchmark, Impl, Step, main
-from _maml_peers import (
-    MamlWorkload,
-    TaskTensors,
-    build_higher,
-    build_learn2learn,
-    build_torch_func_loop,
-    build_torchmeta,
-    build_torchopt,
-)
+from _maml_peers import MamlWorkload, TaskTensors, build_torch_func_loop, peer_impls
 from torch import nn
 
 TASKS, WAYS, SHOTS, QUERIES, SIDE, HIDDEN = 32, 5, 1, 15, 28, 64
@@ -133,14 +125,7 @@ BENCHMARK = Benchmark(
     impls={
         OURS: Impl("fastadapt", _build_fastadapt, peer=False),
         BASELINE: Impl("torch", lambda: build_torch_func_loop(_workload()), peer=False),
-        "torchmeta": Impl(
-            "torchmeta", lambda: build_torchmeta(_workload()), peer=True, shim="torchmeta"
-        ),
-        "learn2learn": Impl(
-            "learn2learn", lambda: build_learn2learn(_workload()), peer=True, shim="l2l"
-        ),
-        "higher": Impl("higher", lambda: build_higher(_workload()), peer=True),
-        "torchopt": Impl("torchopt", lambda: build_torchopt(_workload()), peer=True),
+        **peer_impls(_workload),
     },
     peers=PEERS,
     baseline=BASELINE,

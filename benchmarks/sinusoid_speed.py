@@ -50,13 +50,7 @@ from typing import Any
 
 import torch
 from _interleaved import OURS, PROJECT_ROOT, Benchmark, Impl, Step, main
-from _maml_peers import (
-    MamlWorkload,
-    build_higher,
-    build_learn2learn,
-    build_torchmeta,
-    build_torchopt,
-)
+from _maml_peers import MamlWorkload, peer_impls
 from torch import nn
 from torch.nn.functional import mse_loss
 
@@ -227,14 +221,7 @@ BENCHMARK = Benchmark(
             shared_data=False,
         ),
         BASELINE: Impl("torch.func", lambda: _build_torch_func(_make_tasks()), peer=False),
-        "torchmeta": Impl(
-            "torchmeta", lambda: build_torchmeta(_workload()), peer=True, shim="torchmeta"
-        ),
-        "learn2learn": Impl(
-            "learn2learn", lambda: build_learn2learn(_workload()), peer=True, shim="l2l"
-        ),
-        "higher": Impl("higher", lambda: build_higher(_workload()), peer=True),
-        "torchopt": Impl("torchopt", lambda: build_torchopt(_workload()), peer=True),
+        **peer_impls(_workload),
     },
     peers=PEERS,
     baseline=BASELINE,

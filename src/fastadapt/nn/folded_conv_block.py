@@ -57,7 +57,7 @@ def folded_conv_block(
 
     Args:
         x: input ``[N, C_in, H, W]``.
-        weight, bias: the convolution's (stride 1, no dilation, no groups). ``bias`` shifts
+        weight, bias: the convolution's (no dilation, no groups). ``bias`` shifts
             ``y`` and ``μ`` alike, so it cancels; it stays in the graph (its gradient is zero
             up to rounding, as through BatchNorm), so it counts as used.
         bn_weight, bn_bias: BatchNorm's affine ``γ`` and ``β`` (``None``: 1 and 0).
@@ -67,8 +67,8 @@ def folded_conv_block(
         stride: the convolution's stride (the statistics are over its output positions).
         pool: whether a 2x2 max-pool follows the normalisation.
 
-    Returns ``[N, C_out, H' // 2, W' // 2]`` (``H'``, ``W'``: the convolution's output size;
-    ``H'``, ``W'`` without the pool), channels-last.
+    Returns ``[N, C_out, H' // 2, W' // 2]`` with the pool, ``[N, C_out, H', W']`` without
+    (``H'``, ``W'``: the convolution's output size), channels-last.
     """
     out_channels, kernel = weight.shape[0], weight.shape[2:]
     patches = F.unfold(x, kernel, padding=padding, stride=stride)  # [N, K, H'·W']

@@ -11,6 +11,20 @@ import torch
 import torch.nn.functional as F
 
 
+def single_task(
+    support_x: torch.Tensor, support_y: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One task's support set given to ``adapt`` (``[n, ...]``, labels ``[n]``) as a batch of
+    one task (``[1, n, ...]``, ``[1, n]``); a task dimension is refused with the shapes seen."""
+    if support_x.dim() < 2 or support_y.dim() != 1:
+        raise ValueError(
+            "adapt() takes one task without a task dimension: support_x [n, ...] and "
+            f"support_y [n]; got support_x {tuple(support_x.shape)}, support_y "
+            f"{tuple(support_y.shape)}."
+        )
+    return support_x.unsqueeze(0), support_y.unsqueeze(0)
+
+
 def check_class_labels(
     learner: str,
     support_x: torch.Tensor,

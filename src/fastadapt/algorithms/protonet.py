@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fastadapt.algorithms._support import check_class_labels, class_means
+from fastadapt.algorithms._support import check_class_labels, class_means, single_task
 from fastadapt.algorithms.base import LossOutput, MetaLearner, Predictor
 from fastadapt.tasks.task import TaskBatch
 
@@ -76,13 +76,7 @@ class ProtoNet(MetaLearner):
         Putting the embedding in eval mode (if it has dropout or running statistics) is the
         caller's business.
         """
-        if support_x.dim() < 2 or support_y.dim() != 1:
-            raise ValueError(
-                "adapt() takes one task without a task dimension: support_x [n, ...] and "
-                f"support_y [n]; got support_x {tuple(support_x.shape)}, support_y "
-                f"{tuple(support_y.shape)}."
-            )
-        sx, sy = support_x.unsqueeze(0), support_y.unsqueeze(0)
+        sx, sy = single_task(support_x, support_y)
         ways = check_class_labels("ProtoNet", sx, sy)
         with torch.no_grad():
             prototypes = class_means(self._embed(sx), sy, ways)[0].detach()

@@ -59,7 +59,7 @@ import math
 import torch
 from torch import nn
 
-from fastadapt.algorithms._support import check_class_labels, class_means
+from fastadapt.algorithms._support import check_class_labels, class_means, single_task
 from fastadapt.algorithms.base import LossOutput, MetaLearner, Predictor
 from fastadapt.nn.amortisation import GaussianAmortisation
 from fastadapt.tasks.task import TaskBatch
@@ -116,13 +116,7 @@ class Versa(MetaLearner):
         every label present. The predictor returns log predictive probabilities
         ``[m, ways]`` (L samples, deterministic in evaluation mode) for inputs ``[m, ...]``.
         """
-        if support_x.dim() < 2 or support_y.dim() != 1:
-            raise ValueError(
-                "adapt() takes one task without a task dimension: support_x [n, ...] and "
-                f"support_y [n]; got support_x {tuple(support_x.shape)}, support_y "
-                f"{tuple(support_y.shape)}."
-            )
-        sx, sy = support_x.unsqueeze(0), support_y.unsqueeze(0)
+        sx, sy = single_task(support_x, support_y)
         ways = check_class_labels("VERSA", sx, sy)
         with torch.no_grad():
             head = [p.detach() for p in self._head(self._embed(sx), sy, ways)]

@@ -41,7 +41,11 @@ class Evaluation:
     overrides: tuple[str, ...]  # eval.* settings of this protocol
     paper: float  # in percent for accuracy
     paper_ci95: float | None = None
-    metric: str = "accuracy"
+    metric: str = "accuracy"  # or e.g. "accuracy@3": after 3 test-time inner steps
+
+    @property
+    def in_percent(self) -> bool:
+        return self.metric.split("@")[0] == "accuracy"
 
 
 @dataclass(frozen=True)
@@ -108,7 +112,7 @@ def _run_setting(name: str, setting: Setting, args: argparse.Namespace) -> list[
     for evaluation in setting.evaluations:
         result = evaluate_run(run_dir, overrides=list(evaluation.overrides), plots=args.plots)
         metrics = result["metrics"]
-        scale = 100 if evaluation.metric == "accuracy" else 1
+        scale = 100 if evaluation.in_percent else 1
         ours = metrics[evaluation.metric]
         rows.append(
             {
@@ -147,7 +151,7 @@ def table(rows: list[dict[str, Any]]) -> str:
         "|---|---|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for row in rows:
-        digits = 2 if row["metric"] == "accuracy" else 3
+        digits = 2 if row["metric"].split("@")[0] == "accuracy" else 3
         paper_ci = f" ± {row['paper_ci95']:.{digits}f}" if row["paper_ci95"] is not None else ""
         lines.append(
             f"| {row['setting']} | {row['protocol']} | {row['metric']} "

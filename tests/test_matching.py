@@ -81,6 +81,25 @@ def test_prediction_matches_naive_loop_without_fce() -> None:
     torch.testing.assert_close(logits.exp().sum(-1), torch.ones(3, 6, dtype=torch.float64))
 
 
+def test_support_cosine_is_the_cosine_times_the_query_norm() -> None:
+    # c(f, g_i) = fᵀg_i / |g_i| = |f| · cos(f, g_i): the attention is the cosine attention at
+    # inverse temperature |f|, so 1-shot predictions keep the same argmax.
+    batch = make_batch(2, ways=3, shots=1, queries=2, seed=3)
+    net = model(fce=False, similarity="support_cosine")
+    logits = net._logits(batch.support_x, batch.support_y, batch.query_x)
+    with torch.no_grad():
+        f = net.embedding(batch.query_x.flatten(0, 1)).reshape(2, 6, DIM)
+        g = net.embedding(batch.support_x.flatten(0, 1)).reshape(2, 3, DIM)
+        cosine = F.cosine_similarity(f.unsqueeze(2), g.unsqueeze(1), dim=-1)  # [B, Q, S]
+        scores = cosine * f.norm(dim=-1, keepdim=True)
+        per_class = torch.zeros(2, 6, 3, dtype=torch.float64)
+        per_class.scatter_add_(2, batch.support_y.unsqueeze(1).expand(-1, 6, -1), scores.exp())
+    torch.testing.assert_close(logits.exp(), per_class / per_class.sum(-1, keepdim=True))
+    plain = model(fce=False)._logits(batch.support_x, batch.support_y, batch.query_x)
+    assert torch.equal(logits.argmax(-1), plain.argmax(-1))
+    assert logits.exp().amax(-1).mean() > plain.exp().amax(-1).mean()  # |f| > 1: sharper
+
+
 @pytest.mark.parametrize("read_steps", [None, 2])
 def test_fce_batched_equals_task_by_task(read_steps: int | None) -> None:
     batch = make_batch(4, ways=3, shots=2, queries=2, seed=2)
@@ -199,6 +218,8 @@ def test_bad_arguments() -> None:
         MatchingNet(tiny_embedding(), embedding_dim=0, fce=True)
     with pytest.raises(ValueError, match="no effect without fce=True"):
         MatchingNet(tiny_embedding(), embedding_dim=DIM, read_steps=2)
+    with pytest.raises(ValueError, match="similarity must be one of cosine, support_cosine"):
+        MatchingNet(tiny_embedding(), similarity="dot")
     net = MatchingNet(tiny_embedding(), embedding_dim=DIM + 1)
     batch = make_batch(1, ways=2, shots=1, queries=1, seed=0, dtype=torch.float32)
     with pytest.raises(ValueError, match="pass embedding_dim=8"):

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
 
+from fastadapt.algorithms.matching import SIMILARITIES
 from fastadapt.algorithms.reptile import INNER_OPTIMIZERS
 from fastadapt.errors import ConfigError
 from fastadapt.nn.conv4 import DOWNSAMPLING
@@ -81,6 +82,7 @@ class AlgorithmConfig:
     distance: str = "euclidean"
     fce: bool = False
     read_steps: int | None = None
+    similarity: str = "cosine"
     inner_optimizer: str = "sgd"
     inner_batch: int | None = None
     samples: int = 10
@@ -217,6 +219,7 @@ class RunConfig:
             "train.lr_schedule": (self.train.lr_schedule, LR_SCHEDULES),
             "algorithm.inner_optimizer": (self.algorithm.inner_optimizer, INNER_OPTIMIZERS),
             "model.downsample": (self.model.downsample, DOWNSAMPLING),
+            "algorithm.similarity": (self.algorithm.similarity, SIMILARITIES),
         }
         for key, (value, allowed) in choices.items():
             if value not in allowed:

@@ -235,6 +235,7 @@ def _matching(config: RunConfig, model: nn.Module, problem: str) -> MetaLearner:
         embedding_dim=embedding_dim,
         fce=config.algorithm.fce,
         read_steps=config.algorithm.read_steps,
+        similarity=config.algorithm.similarity,
     )
 
 

@@ -68,10 +68,13 @@ def map_over_tasks(
     if mode == "vmap":
         return torch.vmap(fn)(dict(task_params), *task_inputs)
     if mode == "loop":
-        num_tasks = task_inputs[0].shape[0]
+        # unbind, not p[i]: the backward of B selects builds B zero-filled [B, ...] gradients
+        # (B² memory traffic); the backward of one unbind stacks the B slices once.
+        params = {name: p.unbind(0) for name, p in task_params.items()}
+        inputs = [x.unbind(0) for x in task_inputs]
         outputs = [
-            fn({name: p[i] for name, p in task_params.items()}, *(x[i] for x in task_inputs))
-            for i in range(num_tasks)
+            fn({name: p[i] for name, p in params.items()}, *(x[i] for x in inputs))
+            for i in range(task_inputs[0].shape[0])
         ]
         return torch.stack(outputs)
     raise ValueError(f"batch mode must be 'vmap' or 'loop', got {mode!r}.")

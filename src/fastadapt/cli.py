@@ -65,7 +65,7 @@ def _parser() -> argparse.ArgumentParser:
         "train",
         help="meta-train a preset, then evaluate it on test tasks",
         description="Meta-train a preset into a run folder, then evaluate its best checkpoint "
-        "on fixed test tasks (mean ± 95%% CI, written to results.json).",
+        "on fixed test tasks (mean ± 95% CI, written to results.json).",
     )
     train.add_argument("preset", help="preset name (see `fastadapt presets`)")
     train.add_argument(
@@ -132,7 +132,7 @@ def _parser() -> argparse.ArgumentParser:
         "report",
         help="one markdown table of many runs' results, with their learning curves",
         description="Gather the results.json of runs into one markdown table (preset, "
-        "algorithm, dataset, ways, shots, ours ± 95%% CI, paper, wall time) and draw each "
+        "algorithm, dataset, ways, shots, ours ± 95% CI, paper, wall time) and draw each "
         "run's learning curves beside it (needs the plots extra unless --no-curves).",
     )
     report.add_argument("run_dirs", type=Path, nargs="+", metavar="RUN_DIR")

@@ -8,6 +8,7 @@ every warning as one line on stderr; nothing of an earlier run is overwritten.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import warnings
 from collections.abc import Sequence
@@ -46,7 +47,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             warnings.showwarning = _show_warning
             return args.handler(args)
     except FastAdaptError as error:
-        where = f" (rank {distributed.rank()})" if distributed.launched() else ""
+        where = f" (rank {os.environ['RANK']})" if distributed.launched() else ""
         print(f"fastadapt: error{where}: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

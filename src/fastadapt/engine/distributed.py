@@ -61,22 +61,21 @@ def is_initialized() -> bool:
 
 
 def rank() -> int:
-    """This process's rank: 0 outside a job, else its place among the job's processes."""
-    if is_initialized():
-        return dist.get_rank()
-    return int(os.environ["RANK"]) if launched() else 0
+    """This process's rank in the process group it joined (0 if it joined none)."""
+    return dist.get_rank() if is_initialized() else 0
 
 
 def world_size() -> int:
-    """The number of processes of the job (1 outside a job)."""
-    if is_initialized():
-        return dist.get_world_size()
-    return int(os.environ["WORLD_SIZE"]) if launched() else 1
+    """The number of processes in the group this process joined (1 if it joined none)."""
+    return dist.get_world_size() if is_initialized() else 1
 
 
 def is_main() -> bool:
-    """Whether this is rank 0, the one process that writes files, logs and progress."""
-    return rank() == 0
+    """Whether this is rank 0, the one process that writes files, logs and progress; also
+    before joining and after leaving the group, from torchrun's ``RANK``."""
+    if is_initialized():
+        return dist.get_rank() == 0
+    return os.environ.get("RANK", "0") == "0"
 
 
 @contextmanager

@@ -4,8 +4,10 @@ Workload: the presets ``protonet-omniglot-1shot`` (60-way 1-shot, 5 queries; its
 one episode raised to 2 so that two processes can share it) and ``maml-omniglot-5way-1shot``
 (second order, meta-batch 32), trained by ``torchrun --standalone -m fastadapt train`` with
 ``train.threads=1`` (one thread per process), on the real Omniglot archives in the default
-dataset folder. The meta-batch is the same for every process count, so each step does the
-same work and the model is the same; with N processes each computes 1/N of the tasks.
+dataset folder (``--fake-data``: random images of Omniglot's shape and class counts, for a
+machine without the archives; see ``benchmarks/_fake_omniglot.py``). The meta-batch is the
+same for every process count, so each step does the same work and the model is the same; with
+N processes each computes 1/N of the tasks.
 
 Measurement: each configuration is trained twice, for ``--short`` and ``--long`` steps, and
 the throughput is ``(long - short) / (t_long - t_short)`` with ``t`` the run's training time as
@@ -15,9 +17,10 @@ warm-up, the final validation and checkpoint writing cancel out. Scaling efficie
 
     python benchmarks/distributed_scaling.py [--short 10] [--long 40] [--nproc 1 2]
     python benchmarks/distributed_scaling.py --device cuda --nproc 1   # one GPU: NCCL
+    python benchmarks/distributed_scaling.py --fake-data --name gpu-host-cpu
 
 Prints a markdown table and writes ``benchmarks/results/distributed_scaling.json`` (or
-``distributed_scaling_cuda.json``).
+``distributed_scaling_NAME.json`` with ``--name NAME``).
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from typing import Any
 from _report import machine, write_json
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
+FAKE_DATA = Path(__file__).resolve().parent / "_fake_omniglot.py"
 WORKLOADS = {
     "protonet-omniglot-1shot": ["train.meta_batch=2"],
     "maml-omniglot-5way-1shot": [],
@@ -46,7 +50,9 @@ COMMON = [
 ]
 
 
-def _train_seconds(preset: str, nproc: int, steps: int, device: str, folder: Path) -> float:
+def _train_seconds(
+    preset: str, nproc: int, steps: int, device: str, folder: Path, fake_data: bool
+) -> float:
     """Training time of a ``steps``-step run of ``preset`` in ``nproc`` processes."""
     out = folder / f"{preset}-{nproc}-{steps}"
     settings = [
@@ -65,8 +71,7 @@ def _train_seconds(preset: str, nproc: int, steps: int, device: str, folder: Pat
         "--nproc-per-node",
         str(nproc),
         "--standalone",
-        "-m",
-        "fastadapt",
+        *([str(FAKE_DATA)] if fake_data else ["-m", "fastadapt"]),
         "train",
         preset,
         *[arg for s in settings for arg in ("--set", s)],
@@ -82,14 +87,16 @@ def _train_seconds(preset: str, nproc: int, steps: int, device: str, folder: Pat
     return float(record["train_seconds_this_session"])
 
 
-def measure(short: int, long: int, nprocs: list[int], device: str) -> list[dict[str, Any]]:
+def measure(
+    short: int, long: int, nprocs: list[int], device: str, fake_data: bool
+) -> list[dict[str, Any]]:
     rows = []
     with tempfile.TemporaryDirectory() as folder:
         for preset in WORKLOADS:
             base = None
             for nproc in nprocs:
                 seconds = {
-                    steps: _train_seconds(preset, nproc, steps, device, Path(folder))
+                    steps: _train_seconds(preset, nproc, steps, device, Path(folder), fake_data)
                     for steps in (short, long)
                 }
                 rate = (long - short) / (seconds[long] - seconds[short])
@@ -130,9 +137,11 @@ def main() -> None:
     parser.add_argument("--long", type=int, default=40)
     parser.add_argument("--nproc", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--fake-data", action="store_true")
+    parser.add_argument("--name", help="results file distributed_scaling_NAME.json")
     args = parser.parse_args()
     before = os.getloadavg()
-    rows = measure(args.short, args.long, args.nproc, args.device)
+    rows = measure(args.short, args.long, args.nproc, args.device, args.fake_data)
     facts = {
         **machine(),
         "cpu_count": os.cpu_count(),
@@ -140,7 +149,7 @@ def main() -> None:
         "load_average_at_end": os.getloadavg(),
     }
     print(table(rows))
-    name = "distributed_scaling.json" if args.device == "cpu" else "distributed_scaling_cuda.json"
+    name = f"distributed_scaling{'_' + args.name if args.name else ''}.json"
     payload = {
         "machine": facts,
         "workload": {
@@ -148,6 +157,7 @@ def main() -> None:
             "settings": COMMON,
             "threads_per_process": 1,
             "device": args.device,
+            "data": "random images of Omniglot's shape" if args.fake_data else "Omniglot",
             "steps": [args.short, args.long],
         },
         "rows": rows,

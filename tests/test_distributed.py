@@ -143,6 +143,57 @@ def test_a_killed_rank_ends_the_job_and_keeps_the_last_checkpoint(tmp_path):
     assert load_checkpoint(out / "checkpoints" / "last.pt").step >= 2
 
 
+_STALLED_PEER = """
+import sys
+import time
+
+import torch
+
+from fastadapt.engine import distributed
+from fastadapt.errors import DistributedError
+
+with distributed.process_group(torch.device("cpu"), timeout=1):
+    if distributed.rank() == 1:
+        time.sleep(4)  # stalls past the timeout, then leaves without exchanging anything
+        sys.exit(0)
+    parameter = torch.nn.Parameter(torch.ones(3))
+    parameter.grad = torch.ones(3)
+    started = time.monotonic()
+    try:
+        distributed.all_reduce_gradients([parameter])
+    except DistributedError as error:
+        print(f"after {time.monotonic() - started:.1f} s: {error}")
+"""
+
+
+_TORCHRUN_2 = [
+    sys.executable,
+    "-m",
+    "torch.distributed.run",
+    "--nproc-per-node",
+    "2",
+    "--standalone",
+]
+
+
+def test_a_stalled_rank_makes_the_others_stop_after_the_timeout(tmp_path):
+    script = tmp_path / "stalled_peer.py"
+    script.write_text(_STALLED_PEER)
+    job = subprocess.run(
+        [*_TORCHRUN_2, str(script)],
+        env=_worker_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert job.returncode == 0, job.stderr
+    report = next(line for line in job.stdout.splitlines() if line.startswith("after "))
+    assert float(report.split()[1]) < 4  # the 1-second timeout, not the stalled peer's 4 s
+    assert "rank 0 of 2 lost contact with the other processes while averaging gradients" in report
+    assert "--resume" in report
+
+
 def test_a_failed_job_is_reported_with_the_checkpoint_to_resume(tmp_path, monkeypatch):
     failing = [sys.executable, "-c", "raise SystemExit(3)"]
     monkeypatch.setattr(launch, "torchrun_command", lambda *args: failing)

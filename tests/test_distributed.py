@@ -140,7 +140,12 @@ def test_a_killed_rank_ends_the_job_and_keeps_the_last_checkpoint(tmp_path):
         job.kill()
     assert job.returncode != 0 and time.monotonic() - killed < 30
     assert "rank      : 1" in stderr and "SIGKILL" in stderr
-    assert load_checkpoint(out / "checkpoints" / "last.pt").step >= 2
+    last = load_checkpoint(out / "checkpoints" / "last.pt")
+    assert last.step >= 2
+    # The checkpoint is whole: one process continues the run from it.
+    steps = f"train.steps={last.step + 2}"
+    train_run(tiny_config(*endless, steps), out, resume=True, progress=False)
+    assert load_checkpoint(out / "checkpoints" / "last.pt").step == last.step + 2
 
 
 _STALLED_PEER = """

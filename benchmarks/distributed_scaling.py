@@ -15,6 +15,13 @@ the throughput is ``(long - short) / (t_long - t_short)`` with ``t`` the run's t
 warm-up, the final validation and checkpoint writing cancel out. Scaling efficiency is
 ``throughput(N) / (N · throughput(1))``.
 
+On a machine shared with other work, N processes may not get N cores, and the wall-clock
+figures then measure the contention. The CPU time that the whole job (torchrun and its workers)
+spends per step, measured the same way from the children's resource usage, does not depend on
+it: ``cpu_per_step(1) / cpu_per_step(N)`` is the share of the work that remains useful when it
+is split (100%: splitting cost nothing), the scaling efficiency the job would reach with a
+core per process.
+
     python benchmarks/distributed_scaling.py [--short 10] [--long 40] [--nproc 1 2]
     python benchmarks/distributed_scaling.py --device cuda --nproc 1   # one GPU: NCCL
     python benchmarks/distributed_scaling.py --fake-data --name gpu-host-cpu
@@ -28,6 +35,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import subprocess
 import sys
 import tempfile
@@ -52,8 +60,9 @@ COMMON = [
 
 def _train_seconds(
     preset: str, nproc: int, steps: int, device: str, folder: Path, fake_data: bool
-) -> float:
-    """Training time of a ``steps``-step run of ``preset`` in ``nproc`` processes."""
+) -> tuple[float, float]:
+    """Training time of a ``steps``-step run of ``preset`` in ``nproc`` processes, and the CPU
+    time of the whole job (start-up included)."""
     out = folder / f"{preset}-{nproc}-{steps}"
     settings = [
         *COMMON,
@@ -82,9 +91,16 @@ def _train_seconds(
     source = str(PROJECT_ROOT / "src")
     path = os.pathsep.join(p for p in (source, os.environ.get("PYTHONPATH")) if p)
     env = {**os.environ, "PYTHONPATH": path, "OMP_NUM_THREADS": "1"}
+    before = _children_cpu_seconds()
     subprocess.run(command, env=env, check=True, capture_output=True)
+    cpu = _children_cpu_seconds() - before
     record = json.loads((out / "results.json").read_text())["evaluations"][0]
-    return float(record["train_seconds_this_session"])
+    return float(record["train_seconds_this_session"]), cpu
+
+
+def _children_cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def measure(
@@ -93,14 +109,16 @@ def measure(
     rows = []
     with tempfile.TemporaryDirectory() as folder:
         for preset in WORKLOADS:
-            base = None
+            base = base_cpu = None
             for nproc in nprocs:
-                seconds = {
+                runs = {
                     steps: _train_seconds(preset, nproc, steps, device, Path(folder), fake_data)
                     for steps in (short, long)
                 }
-                rate = (long - short) / (seconds[long] - seconds[short])
-                base = rate if nproc == nprocs[0] and nprocs[0] == 1 else base
+                rate = (long - short) / (runs[long][0] - runs[short][0])
+                cpu = (runs[long][1] - runs[short][1]) / (long - short)
+                if nproc == 1:
+                    base, base_cpu = rate, cpu
                 rows.append(
                     {
                         "preset": preset,
@@ -108,7 +126,10 @@ def measure(
                         "processes": nproc,
                         "steps_per_second": rate,
                         "scaling_efficiency": None if base is None else rate / (nproc * base),
-                        "train_seconds": {str(k): v for k, v in seconds.items()},
+                        "cpu_seconds_per_step": cpu,
+                        "cpu_efficiency": None if base_cpu is None else base_cpu / cpu,
+                        "train_seconds": {str(k): v[0] for k, v in runs.items()},
+                        "job_cpu_seconds": {str(k): v[1] for k, v in runs.items()},
                     }
                 )
                 print(f"  {preset}, {nproc} process(es): {rate:.3f} steps/s", flush=True)
@@ -117,16 +138,18 @@ def measure(
 
 def table(rows: list[dict[str, Any]]) -> str:
     lines = [
-        "| preset | processes | steps/s | speed-up | scaling efficiency |",
-        "| --- | ---: | ---: | ---: | ---: |",
+        "| preset | processes | steps/s | speed-up | scaling efficiency | CPU s/step "
+        "| CPU efficiency |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for row in rows:
-        efficiency = row["scaling_efficiency"]
+        efficiency, useful = row["scaling_efficiency"], row["cpu_efficiency"]
         speedup = "" if efficiency is None else f"{efficiency * row['processes']:.2f}x"
         shown = "" if efficiency is None else f"{efficiency:.0%}"
         lines.append(
             f"| {row['preset']} | {row['processes']} | {row['steps_per_second']:.3f} "
-            f"| {speedup} | {shown} |"
+            f"| {speedup} | {shown} | {row['cpu_seconds_per_step']:.3f} "
+            f"| {'' if useful is None else f'{useful:.0%}'} |"
         )
     return "\n".join(lines)
 

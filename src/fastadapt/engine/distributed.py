@@ -102,7 +102,14 @@ def process_group(device: torch.device, timeout: float = DEFAULT_TIMEOUT) -> Ite
     backend = "gloo"
     if device.type == "cuda":
         backend = "nccl"
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        local_rank, gpus = int(os.environ.get("LOCAL_RANK", "0")), torch.cuda.device_count()
+        if local_rank >= gpus:
+            raise ConfigError(
+                f"process {local_rank} of this machine has no GPU of its own: the machine has "
+                f"{gpus} visible; start at most {gpus} processes per machine "
+                "(torchrun --nproc-per-node) with train.device=cuda, or use train.device=cpu."
+            )
+        torch.cuda.set_device(local_rank)
     try:
         dist.init_process_group(backend, timeout=timedelta(seconds=timeout))
     except (RuntimeError, ValueError) as error:

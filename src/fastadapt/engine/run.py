@@ -91,62 +91,69 @@ def train_run(
     """
     if plots:
         load_pyplot()
+    with distributed.process_group(_device(config.train.device), timeout):
+        return _train_run(config, out, resume, progress, plots)
+
+
+def _train_run(
+    config: RunConfig, out: Path, resume: bool, progress: bool, plots: bool
+) -> dict[str, Any]:
+    """:func:`train_run` once this process has joined its job (if it was started in one)."""
+    distributed.check_same_run(config.to_dict())
+    distributed.check_meta_batch(config.train.meta_batch)
+    checkpoint = distributed.run_on_main(lambda: _open_run_folder(config, out, resume))
     device = _device(config.train.device)
-    with distributed.process_group(device, timeout):
-        distributed.check_same_run(config.to_dict())
-        distributed.check_meta_batch(config.train.meta_batch)
-        checkpoint = distributed.run_on_main(lambda: _open_run_folder(config, out, resume))
-        if config.train.threads is not None:
-            torch.set_num_threads(config.train.threads)
-        learner = build_learner(config).to(device)
-        optimizer = build_optimizer(config, learner)
-        schedule = TrainSchedule(
-            steps=config.train.steps,
-            meta_batch=config.train.meta_batch,
-            lr=config.train.lr,
-            lr_decay=config.train.lr_decay,
-            lr_decay_every=config.train.lr_decay_every,
-            lr_schedule=config.train.lr_schedule,
-            task_chunk=config.train.task_chunk,
-            val_every=config.train.val_every,
-            val_tasks=config.train.val_tasks,
-            eval_batch=config.eval.batch,
-            checkpoint_every=config.train.checkpoint_every,
-            log_every=config.train.log_every,
-            tensorboard=config.train.tensorboard,
-            seed=config.train.seed,
-        )
-        trainer = Trainer(
-            learner,
-            optimizer,
-            build_task_family(config, "train"),
-            build_task_family(config, "val"),
-            schedule,
-            out,
-            config.to_dict(),
-            device,
-            progress,
-            on_flush=(lambda: plot_learning_curves(out)) if plots else None,
-        )
-        summary = trainer.fit(checkpoint)
-        extra = {
-            "train_seconds": summary.total_seconds,
-            "train_seconds_this_session": summary.seconds,
-            "best": summary.best,
-        }
-        return evaluate_run(out, extra=extra, plots=plots)
+    if config.train.threads is not None:
+        torch.set_num_threads(config.train.threads)
+    learner = build_learner(config).to(device)
+    optimizer = build_optimizer(config, learner)
+    if distributed.is_main():
+        atomic_write_text(out / "config.json", json.dumps(config.to_dict(), indent=2) + "\n")
+    schedule = TrainSchedule(
+        steps=config.train.steps,
+        meta_batch=config.train.meta_batch,
+        lr=config.train.lr,
+        lr_decay=config.train.lr_decay,
+        lr_decay_every=config.train.lr_decay_every,
+        lr_schedule=config.train.lr_schedule,
+        task_chunk=config.train.task_chunk,
+        val_every=config.train.val_every,
+        val_tasks=config.train.val_tasks,
+        eval_batch=config.eval.batch,
+        checkpoint_every=config.train.checkpoint_every,
+        log_every=config.train.log_every,
+        tensorboard=config.train.tensorboard,
+        seed=config.train.seed,
+    )
+    trainer = Trainer(
+        learner,
+        optimizer,
+        build_task_family(config, "train"),
+        build_task_family(config, "val"),
+        schedule,
+        out,
+        config.to_dict(),
+        device,
+        progress,
+        on_flush=(lambda: plot_learning_curves(out)) if plots else None,
+    )
+    summary = trainer.fit(checkpoint)
+    extra = {
+        "train_seconds": summary.total_seconds,
+        "train_seconds_this_session": summary.seconds,
+        "best": summary.best,
+    }
+    return evaluate_run(out, extra=extra, plots=plots)
 
 
 def _open_run_folder(config: RunConfig, out: Path, resume: bool) -> Checkpoint | None:
-    """Claim a new run folder, or read the checkpoint of the run to resume; then record the
-    configuration in it."""
-    checkpoint = None
-    if resume:
-        checkpoint = load_checkpoint(out / "checkpoints" / "last.pt")
-        _check_resume_compatible(checkpoint.config, config.to_dict(), out)
-    else:
+    """Read the checkpoint of the run to resume (checked against ``config``), or claim a new
+    run folder."""
+    if not resume:
         _claim_new_run_folder(out)
-    atomic_write_text(out / "config.json", json.dumps(config.to_dict(), indent=2) + "\n")
+        return None
+    checkpoint = load_checkpoint(out / "checkpoints" / "last.pt")
+    _check_resume_compatible(checkpoint.config, config.to_dict(), out)
     return checkpoint
 
 

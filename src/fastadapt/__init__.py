@@ -12,6 +12,7 @@ from fastadapt.engine.evaluate import Estimate, evaluate
 from fastadapt.errors import (
     CheckpointError,
     ConfigError,
+    DistributedError,
     FastAdaptError,
     NonFiniteLossError,
     RunDirectoryError,
@@ -31,6 +32,7 @@ __all__ = [
     "CheckpointError",
     "ConfigError",
     "Conv4",
+    "DistributedError",
     "Estimate",
     "FastAdaptError",
     "GaussianPredictor",

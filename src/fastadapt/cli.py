@@ -8,6 +8,7 @@ every warning as one line on stderr; nothing of an earlier run is overwritten.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import warnings
 from collections.abc import Sequence
@@ -22,6 +23,8 @@ from fastadapt.datasets.registry import (
     dataset_root,
     download_dataset,
 )
+from fastadapt.engine import distributed
+from fastadapt.engine.launch import launch
 from fastadapt.engine.plots import plot_learning_curves
 from fastadapt.engine.report import report_table, write_report
 from fastadapt.engine.run import evaluate_run, train_run
@@ -44,7 +47,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             warnings.showwarning = _show_warning
             return args.handler(args)
     except FastAdaptError as error:
-        print(f"fastadapt: error: {error}", file=sys.stderr)
+        where = f" (rank {os.environ['RANK']})" if distributed.launched() else ""
+        print(f"fastadapt: error{where}: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("fastadapt: interrupted; resume with --resume.", file=sys.stderr)
@@ -89,6 +93,7 @@ def _parser() -> argparse.ArgumentParser:
         help="redraw RUN/curves.png whenever metrics are written, and draw the test "
         "evaluation's figures (see eval --plots; needs the plots extra)",
     )
+    _distributed_options(train)
     train.set_defaults(handler=_train)
 
     evaluate = verbs.add_parser(
@@ -117,6 +122,7 @@ def _parser() -> argparse.ArgumentParser:
         "RUN_DIR/predictions.png (sinusoid regression: predictions, ± 2σ where the learner "
         "has a predictive variance, against the true functions); needs the plots extra",
     )
+    _distributed_options(evaluate)
     evaluate.set_defaults(handler=_eval)
 
     plot = verbs.add_parser(
@@ -238,6 +244,41 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _distributed_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--nproc",
+        type=int,
+        metavar="N",
+        help="run N processes on this machine with torchrun (gloo on CPU, NCCL on GPU); "
+        "train.meta_batch must be a multiple of N",
+    )
+    parser.add_argument(
+        "--port",
+        type=int,
+        help="with --nproc: the rendezvous port (default: a free one)",
+    )
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=distributed.DEFAULT_TIMEOUT,
+        metavar="SECONDS",
+        help="in a distributed job, how long a process waits for the others before the job "
+        f"stops with an error (default: {distributed.DEFAULT_TIMEOUT:g})",
+    )
+
+
+def _forwarded(args: argparse.Namespace, *positional: str) -> list[str]:
+    """The arguments of this command for the workers of ``--nproc``, without it."""
+    options = [arg for o in args.overrides for arg in ("--set", o)]
+    for flag in ("out", "tasks", "checkpoint"):
+        if getattr(args, flag, None) is not None:
+            options += [f"--{flag}", str(getattr(args, flag))]
+    for flag in ("resume", "no_progress", "plots"):
+        if getattr(args, flag, False):
+            options.append(f"--{flag.replace('_', '-')}")
+    return [args.verb, *positional, *options, "--timeout", str(args.timeout)]
+
+
 def _presets(args: argparse.Namespace) -> int:
     for name in list_presets():
         config = load_preset(name)
@@ -251,22 +292,41 @@ def _presets(args: argparse.Namespace) -> int:
 def _train(args: argparse.Namespace) -> int:
     config = load_preset(args.preset).override(args.overrides)
     out = args.out or Path("runs") / args.preset
+    if args.nproc is not None:
+        distributed.check_meta_batch(config.train.meta_batch, args.nproc)
+        args.out = out
+        launch(args.nproc, _forwarded(args, args.preset), args.port, run_dir=out)
+        return 0
     record = train_run(
-        config, out, resume=args.resume, progress=not args.no_progress, plots=args.plots
+        config,
+        out,
+        resume=args.resume,
+        progress=not args.no_progress,
+        plots=args.plots,
+        timeout=args.timeout,
     )
-    print(f"run folder: {out}")
-    _print_record(record, out)
+    if distributed.is_main():
+        print(f"run folder: {out}")
+        _print_record(record, out)
     return 0
 
 
 def _eval(args: argparse.Namespace) -> int:
+    if args.nproc is not None:
+        launch(args.nproc, _forwarded(args, str(args.run_dir)), args.port)
+        return 0
     overrides = list(args.overrides)
     if args.tasks is not None:
         overrides.append(f"eval.tasks={args.tasks}")
     record = evaluate_run(
-        args.run_dir, overrides=overrides, checkpoint=args.checkpoint, plots=args.plots
+        args.run_dir,
+        overrides=overrides,
+        checkpoint=args.checkpoint,
+        plots=args.plots,
+        timeout=args.timeout,
     )
-    _print_record(record, args.run_dir)
+    if distributed.is_main():
+        _print_record(record, args.run_dir)
     return 0
 
 

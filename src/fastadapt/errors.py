@@ -30,3 +30,8 @@ class SupportSetError(FastAdaptError, ValueError):
 
 class NonFiniteLossError(FastAdaptError, FloatingPointError):
     """Training produced a NaN or infinite loss; the last good checkpoint is left intact."""
+
+
+class DistributedError(FastAdaptError, RuntimeError):
+    """A distributed job cannot start or continue: a process died, stalled past the timeout or
+    cannot be reached, or the launcher failed; the last good checkpoint is left intact."""

@@ -12,17 +12,22 @@ over a bootstrap of the tasks (:mod:`fastadapt.engine.calibration`).
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 
 from fastadapt.algorithms.base import MetaLearner
+from fastadapt.engine import distributed
 from fastadapt.engine.calibration import bootstrap_ece, ece_name, expected_calibration_error
+from fastadapt.tasks.counter_rng import stream_key
 from fastadapt.tasks.task import TaskBatch
 
 Z_95 = 1.96
+_EVAL_NOISE_STREAM = 4  # counter_rng coordinate of the generators' seeds in evaluation
 
 
 @dataclass(frozen=True)
@@ -66,22 +71,48 @@ def collect_task_metrics(
     device: torch.device | str = "cpu",
 ) -> dict[str, torch.Tensor]:
     """Every per-task metric of tasks ``0..num_tasks-1``, each ``[num_tasks, ...]`` on the CPU,
-    with the learner in evaluation mode."""
+    with the learner in evaluation mode.
+
+    The tasks are evaluated in batches of ``batch_size``, each with torch's generators seeded
+    from the batch's first task, so a learner that draws random numbers while adapting
+    (Reptile's mini-batch order) gives the same metrics whatever ran before. In a distributed
+    job every rank must call this: each evaluates its contiguous share of the batches
+    (:func:`fastadapt.engine.distributed.shard`) and every rank receives all the metrics in
+    task order, the same tensors one process computes.
+    """
     if num_tasks < 1 or batch_size < 1:
         raise ValueError(
             f"num_tasks and batch_size must be positive, got {num_tasks} and {batch_size}."
         )
+    device = torch.device(device)
+    starts = range(0, num_tasks, batch_size)
     collected: dict[str, list[torch.Tensor]] = {}
     was_training = learner.training
     learner.eval()
     try:
-        for start in range(0, num_tasks, batch_size):
+        for index in distributed.shard(range(len(starts))):
+            start = starts[index]
             batch = tasks(range(start, min(start + batch_size, num_tasks))).to(device)
-            for name, values in learner.task_metrics(batch).items():
+            with _seeded(start, device):
+                metrics = learner.task_metrics(batch)
+            for name, values in metrics.items():
                 collected.setdefault(name, []).append(values.detach().cpu())
     finally:
         learner.train(was_training)
-    return {name: torch.cat(parts) for name, parts in collected.items()}
+    shards = distributed.all_gather_objects(
+        {name: torch.cat(parts) for name, parts in collected.items()}
+    )
+    names = next(list(s) for s in shards if s)
+    return {name: torch.cat([s[name] for s in shards if s]) for name in names}
+
+
+@contextmanager
+def _seeded(start: int, device: torch.device) -> Iterator[None]:
+    """torch's generators seeded from ``start`` inside the block, restored after it."""
+    devices = [device.index or torch.cuda.current_device()] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(int(stream_key(_EVAL_NOISE_STREAM, start) >> np.uint64(1)))
+        yield
 
 
 def summarise(per_task: dict[str, torch.Tensor]) -> dict[str, Estimate]:

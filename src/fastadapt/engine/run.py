@@ -11,6 +11,9 @@ Layout of a run folder::
     checkpoints/last.pt    the latest state (resume from here)
     checkpoints/best.pt    the state with the best validation score
     results.json           every evaluation of the run, each with its protocol
+
+Under ``torchrun`` (:mod:`fastadapt.engine.distributed`) every process calls the same function;
+only rank 0 reads and writes the run folder, and hands what it read to the others.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import torch
 
 from fastadapt.algorithms.base import MetaLearner
 from fastadapt.config import RunConfig, flatten
+from fastadapt.engine import distributed
 from fastadapt.engine.build import (
     TASK_FAMILIES,
     TaskFamily,
@@ -33,7 +37,7 @@ from fastadapt.engine.build import (
     task_count,
 )
 from fastadapt.engine.calibration import CALIBRATION
-from fastadapt.engine.checkpoint import load_checkpoint
+from fastadapt.engine.checkpoint import Checkpoint, load_checkpoint
 from fastadapt.engine.evaluate import collect_task_metrics, estimates_to_json, summarise
 from fastadapt.engine.plots import (
     load_pyplot,
@@ -70,6 +74,7 @@ def train_run(
     resume: bool = False,
     progress: bool = True,
     plots: bool = False,
+    timeout: float = distributed.DEFAULT_TIMEOUT,
 ) -> dict[str, Any]:
     """Train ``config`` into the folder ``out`` (or continue it), then evaluate on test tasks.
 
@@ -77,21 +82,33 @@ def train_run(
     final evaluation draws its figures (see :func:`evaluate_run`); this needs the ``plots``
     extra, checked before training starts. Returns the evaluation record that is also
     appended to ``out/results.json``.
+
+    Started by ``torchrun``, every process runs this and they train one model together
+    (:mod:`fastadapt.engine.distributed`), each waiting at most ``timeout`` seconds for the
+    others in any exchange; the processes must have the same configuration and fastadapt,
+    ``train.meta_batch`` must be a multiple of their number, and ``resume`` works with any
+    number of processes.
     """
     if plots:
         load_pyplot()
-    checkpoint = None
-    if resume:
-        checkpoint = load_checkpoint(out / "checkpoints" / "last.pt")
-        _check_resume_compatible(checkpoint.config, config.to_dict(), out)
-    else:
-        _claim_new_run_folder(out)
+    with distributed.process_group(_device(config.train.device), timeout):
+        return _train_run(config, out, resume, progress, plots)
+
+
+def _train_run(
+    config: RunConfig, out: Path, resume: bool, progress: bool, plots: bool
+) -> dict[str, Any]:
+    """:func:`train_run` once this process has joined its job (if it was started in one)."""
+    distributed.check_same_run(config.to_dict())
+    distributed.check_meta_batch(config.train.meta_batch)
+    checkpoint = distributed.run_on_main(lambda: _open_run_folder(config, out, resume))
     device = _device(config.train.device)
     if config.train.threads is not None:
         torch.set_num_threads(config.train.threads)
     learner = build_learner(config).to(device)
     optimizer = build_optimizer(config, learner)
-    atomic_write_text(out / "config.json", json.dumps(config.to_dict(), indent=2) + "\n")
+    if distributed.is_main():
+        atomic_write_text(out / "config.json", json.dumps(config.to_dict(), indent=2) + "\n")
     schedule = TrainSchedule(
         steps=config.train.steps,
         meta_batch=config.train.meta_batch,
@@ -106,6 +123,7 @@ def train_run(
         checkpoint_every=config.train.checkpoint_every,
         log_every=config.train.log_every,
         tensorboard=config.train.tensorboard,
+        seed=config.train.seed,
     )
     trainer = Trainer(
         learner,
@@ -128,6 +146,17 @@ def train_run(
     return evaluate_run(out, extra=extra, plots=plots)
 
 
+def _open_run_folder(config: RunConfig, out: Path, resume: bool) -> Checkpoint | None:
+    """Read the checkpoint of the run to resume (checked against ``config``), or claim a new
+    run folder."""
+    if not resume:
+        _claim_new_run_folder(out)
+        return None
+    checkpoint = load_checkpoint(out / "checkpoints" / "last.pt")
+    _check_resume_compatible(checkpoint.config, config.to_dict(), out)
+    return checkpoint
+
+
 def evaluate_run(
     run_dir: Path,
     *,
@@ -135,6 +164,7 @@ def evaluate_run(
     checkpoint: str = "best",
     extra: dict[str, Any] | None = None,
     plots: bool = False,
+    timeout: float = distributed.DEFAULT_TIMEOUT,
 ) -> dict[str, Any]:
     """Evaluate a trained run on its test tasks; append the record to ``results.json``.
 
@@ -144,6 +174,12 @@ def evaluate_run(
     of a classifier's test predictions (``reliability.png``) or the predictions of a sinusoid
     regressor on the first test tasks against their true functions (``predictions.png``,
     with the ± 2σ band of a probabilistic learner); the record lists them under ``plots``.
+
+    Started by ``torchrun``, every process runs this: each evaluates its share of the test
+    tasks, and rank 0 writes the record, the same one a single process writes (except
+    ``eval_seconds``). Within a training job rank 0 reads the checkpoint for all; a job
+    started to evaluate alone has every process read it (and wait ``timeout`` seconds at most
+    for the others).
     """
     if plots:
         load_pyplot()
@@ -153,11 +189,29 @@ def evaluate_run(
                 f"`fastadapt eval` only accepts eval.* settings, got {assignment!r}; the other "
                 "settings are fixed by the trained run (train a new run to change them)."
             )
-    path = checkpoint_path(run_dir, checkpoint)
-    state = load_checkpoint(path)
+    if distributed.is_initialized():
+        path, state = distributed.run_on_main(lambda: _read_checkpoint(run_dir, checkpoint))
+    else:
+        path, state = _read_checkpoint(run_dir, checkpoint)
     trained = RunConfig.from_dict(state.config)
     config = trained.override(overrides or [])
     device = _device(config.train.device)
+    with distributed.process_group(device, timeout):
+        distributed.check_same_run(config.to_dict())
+        return _evaluate(run_dir, config, trained, path, state, device, extra, plots)
+
+
+def _evaluate(
+    run_dir: Path,
+    config: RunConfig,
+    trained: RunConfig,
+    path: Path,
+    state: Checkpoint,
+    device: torch.device,
+    extra: dict[str, Any] | None,
+    plots: bool,
+) -> dict[str, Any]:
+    """:func:`evaluate_run` once the configuration and checkpoint are known."""
     learner = build_learner(config).to(device)
     learner.load_state_dict(state.learner)
     started = time.perf_counter()
@@ -178,11 +232,17 @@ def evaluate_run(
         "eval_seconds": time.perf_counter() - started,
         **(extra or {}),
     }
-    if plots:
-        figures = _evaluation_figures(run_dir, config, learner.cpu(), test_tasks, per_task)
-        record["plots"] = [figure.name for figure in figures]
-    _append_result(run_dir / "results.json", record)
+    if distributed.is_main():
+        if plots:
+            figures = _evaluation_figures(run_dir, config, learner.cpu(), test_tasks, per_task)
+            record["plots"] = [figure.name for figure in figures]
+        _append_result(run_dir / "results.json", record)
     return record
+
+
+def _read_checkpoint(run_dir: Path, checkpoint: str) -> tuple[Path, Checkpoint]:
+    path = checkpoint_path(run_dir, checkpoint)
+    return path, load_checkpoint(path)
 
 
 def _evaluation_figures(

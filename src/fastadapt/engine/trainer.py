@@ -3,6 +3,11 @@
 The trainer knows only the :class:`~fastadapt.algorithms.base.MetaLearner` interface and a
 task source. Task batch ``s`` of the training stream holds tasks ``s·B … s·B+B-1``, a pure
 function of the seed, so a resumed run sees exactly the tasks it would have seen.
+
+In a distributed job (:mod:`fastadapt.engine.distributed`) rank ``r`` of ``W`` takes the
+``r``-th contiguous ``B/W`` of those tasks, the ranks average their gradients and floating-point
+buffers before each update, and only rank 0 writes checkpoints, logs and progress: the model
+is the one a single process trains, up to the order of floating-point additions.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import torch
 from tqdm.auto import tqdm
 
 from fastadapt.algorithms.base import MetaLearner
+from fastadapt.engine import distributed
 from fastadapt.engine.build import TaskFamily, task_count
 from fastadapt.engine.checkpoint import (
     Checkpoint,
@@ -54,6 +60,9 @@ class TrainSchedule:
     checkpoint_every: int = 1000
     log_every: int = 100
     tensorboard: bool = False
+    seed: int = 0
+    """Seeds the random draws of each training step per rank in a distributed job
+    (:func:`fastadapt.engine.distributed.seed_training_noise`)."""
 
 
 @dataclass
@@ -75,6 +84,7 @@ class Trainer:
     ``checkpoints/best.pt`` (at each validation that improves the headline metric) are written
     atomically with the configuration, step and every RNG state. Validation logs the headline
     metric and its 95% confidence half-width (``val_accuracy`` and ``val_accuracy_ci95``).
+    In a distributed job every rank runs ``fit``; only rank 0 writes files and shows progress.
     ``on_flush``, if given, is called each time ``metrics.csv`` is written with rows in it
     (e.g. to redraw the learning curves).
     """
@@ -119,13 +129,16 @@ class Trainer:
             self.optimizer.load_state_dict(resume_from.optimizer)
             restore_rng_state(resume_from.rng)
             step, best = resume_from.step, dict(resume_from.best)
+        distributed.check_meta_batch(self.schedule.meta_batch)
+        distributed.broadcast_module(self.learner)
+        main = distributed.is_main()
         log = MetricsLog(self.run_dir / "metrics.csv", resume_step=step if resume_from else None)
-        board = self._tensorboard(step) if self.schedule.tensorboard else None
+        board = self._tensorboard(step) if self.schedule.tensorboard and main else None
         self._started = started = time.perf_counter()
         bar = tqdm(
             total=self.schedule.steps,
             initial=step,
-            disable=not self.progress,
+            disable=not (self.progress and main),
             desc="meta-train",
             dynamic_ncols=True,
         )
@@ -137,6 +150,7 @@ class Trainer:
                 bar.update(1)
                 row: dict[str, float] = {}
                 if step % self.schedule.log_every == 0 or step == self.schedule.steps:
+                    metrics = distributed.mean_over_ranks(metrics)
                     row.update({f"train_{k}": v.item() for k, v in metrics.items()})
                     postfix["loss"] = f"{row[f'train_{self.learner.loss_metric}']:.4f}"
                 if step % self.schedule.val_every == 0 or step == self.schedule.steps:
@@ -147,21 +161,23 @@ class Trainer:
                     postfix[f"val_{self.headline}"] = f"{value:.4f}"
                     if self._improves(value, best["value"]):
                         best = {"metric": self.headline, "value": value, "step": step}
-                        save_checkpoint(self.best_path, self._checkpoint(step, best))
-                if row:
+                        self._save(self.best_path, step, best)
+                if row and main:
                     log.append(step, row)
                     bar.set_postfix(postfix, refresh=False)
                     if board is not None:
                         for name, value in row.items():
                             board.add_scalar(name.replace("_", "/", 1), value, step)
                 if step % self.schedule.checkpoint_every == 0 or step == self.schedule.steps:
-                    save_checkpoint(self.last_path, self._checkpoint(step, best))
-                    log.flush()
-                    if self.on_flush is not None and log.rows:
-                        self.on_flush()
+                    self._save(self.last_path, step, best)
+                    if main:
+                        log.flush()
+                        if self.on_flush is not None and log.rows:
+                            self.on_flush()
         finally:
             bar.close()
-            log.flush()
+            if main:
+                log.flush()
             if board is not None:
                 board.close()
         return TrainSummary(step, time.perf_counter() - started, self._total_seconds(), best)
@@ -177,17 +193,23 @@ class Trainer:
         return SummaryWriter(str(self.run_dir / "tensorboard"), purge_step=start_step + 1)
 
     def _meta_step(self, step: int) -> dict[str, torch.Tensor]:
-        size = self.schedule.meta_batch
-        batch = self.train_tasks.batch(range(step * size, (step + 1) * size)).to(self.device)
+        """One update from task batch ``step`` (this rank's share of it, in a job)."""
+        whole = self.schedule.meta_batch
+        tasks = distributed.shard(range(step * whole, (step + 1) * whole))
+        batch = self.train_tasks.batch(tasks).to(self.device)
+        size = len(tasks)
         chunk = self.schedule.task_chunk or size
+        distributed.seed_training_noise(self.schedule.seed, step)
         self.optimizer.zero_grad(set_to_none=True)
         totals: dict[str, torch.Tensor] = {}
         for start in range(0, size, chunk):
             part = batch[start : start + chunk]
             output = self.learner.meta_loss(part)
-            if not torch.isfinite(output.loss):
+            finite = bool(torch.isfinite(output.loss))
+            if distributed.any_rank(not finite):
+                value = output.loss.item() if not finite else "non-finite in another process"
                 raise NonFiniteLossError(
-                    f"the meta-loss became {output.loss.item()} at step {step + 1}; training "
+                    f"the meta-loss became {value} at step {step + 1}; training "
                     f"stopped. The last good checkpoint is {self.last_path} (if one was "
                     "written). Lower train.lr or the inner learning rate, then start again or "
                     "resume."
@@ -196,6 +218,8 @@ class Trainer:
             (output.loss * weight).backward()
             for name, value in output.metrics.items():
                 totals[name] = totals.get(name, 0.0) + value * weight
+        distributed.all_reduce_gradients(self.learner.parameters())
+        distributed.average_buffers(self.learner)
         for group in self.optimizer.param_groups:
             group["lr"] = self._learning_rate(step)
         self.optimizer.step()
@@ -217,6 +241,12 @@ class Trainer:
         if best is None:
             return True
         return value > best if self.higher_is_better else value < best
+
+    def _save(self, path: Path, step: int, best: dict[str, Any]) -> None:
+        """Check the parameters on every rank; write the checkpoint from rank 0."""
+        checkpoint = self._checkpoint(step, best)
+        if distributed.is_main():
+            save_checkpoint(path, checkpoint)
 
     def _checkpoint(self, step: int, best: dict[str, Any]) -> Checkpoint:
         state = self.learner.state_dict()

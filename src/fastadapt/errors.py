@@ -30,3 +30,8 @@ class SupportSetError(FastAdaptError, ValueError):
 
 class NonFiniteLossError(FastAdaptError, FloatingPointError):
     """Training produced a NaN or infinite loss; the last good checkpoint is left intact."""
+
+
+class SpaceError(FastAdaptError, ValueError):
+    """An action of the wrong shape, or a task outside an environment's task space
+    (:mod:`fastadapt.rl`)."""

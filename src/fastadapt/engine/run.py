@@ -15,9 +15,11 @@ Layout of a run folder::
 
 from __future__ import annotations
 
+import importlib
 import json
 import time
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import torch
@@ -76,8 +78,10 @@ def train_run(
     With ``plots``, ``out/curves.png`` is redrawn each time ``metrics.csv`` is written, and the
     final evaluation draws its figures (see :func:`evaluate_run`); this needs the ``plots``
     extra, checked before training starts. Returns the evaluation record that is also
-    appended to ``out/results.json``.
+    appended to ``out/results.json``. Meta-RL families go to :mod:`fastadapt.rl.run`.
     """
+    if config.task.family in _rl_run().RL_FAMILIES:
+        return _rl_run().train_rl_run(config, out, resume=resume, progress=progress, plots=plots)
     if plots:
         load_pyplot()
     checkpoint = None
@@ -144,7 +148,12 @@ def evaluate_run(
     of a classifier's test predictions (``reliability.png``) or the predictions of a sinusoid
     regressor on the first test tasks against their true functions (``predictions.png``,
     with the ± 2σ band of a probabilistic learner); the record lists them under ``plots``.
+    A meta-RL run is evaluated by :func:`fastadapt.rl.run.evaluate_rl_run`.
     """
+    if _rl_run().is_rl_run(run_dir):
+        return _rl_run().evaluate_rl_run(
+            run_dir, overrides=overrides, checkpoint=checkpoint, extra=extra, plots=plots
+        )
     if plots:
         load_pyplot()
     for assignment in overrides or []:
@@ -183,6 +192,11 @@ def evaluate_run(
         record["plots"] = [figure.name for figure in figures]
     _append_result(run_dir / "results.json", record)
     return record
+
+
+def _rl_run() -> ModuleType:
+    """:mod:`fastadapt.rl.run`, imported on use: it builds on this module's helpers."""
+    return importlib.import_module("fastadapt.rl.run")
 
 
 def _evaluation_figures(

@@ -157,7 +157,7 @@ class Navigation2DEnv(gymnasium.Env):
 
     @property
     def task(self) -> np.ndarray | None:
-        return None if self._goal is None else self._goal.numpy()
+        return None if self._goal is None else self._goal.numpy().copy()
 
     def reset(
         self, *, seed: int | None = None, options: dict[str, Any] | None = None

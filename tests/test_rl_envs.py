@@ -92,9 +92,7 @@ def test_rollout_masks_steps_after_the_goal_is_reached():
     assert episodes.observations.shape == (2, 3, 5, 2)
     assert episodes.mask[0, 0].tolist() == [1, 1, 0, 0, 0]  # at the goal after 2 steps
     assert episodes.mask[1].eq(1).all()
-    torch.testing.assert_close(
-        episodes.returns()[0], torch.full((3,), -0.1), rtol=1e-4, atol=1e-4
-    )
+    torch.testing.assert_close(episodes.returns()[0], torch.full((3,), -0.1), rtol=1e-4, atol=1e-4)
 
 
 def test_missing_mujoco_names_the_extra(monkeypatch):

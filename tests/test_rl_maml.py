@@ -58,7 +58,9 @@ def test_discounted_sums_and_gae():
     values = torch.tensor([[0.5, -1.0, 2.0, 9.0]])
     returns = discounted_sum(rewards * mask, 0.9)
     # λ = 1: the advantage is the discounted return minus the value
-    torch.testing.assert_close(gae(rewards * mask, values, mask, 0.9, 1.0), (returns - values) * mask)
+    torch.testing.assert_close(
+        gae(rewards * mask, values, mask, 0.9, 1.0), (returns - values) * mask
+    )
     # λ = 0: the one-step temporal difference
     one_step = torch.tensor([[1 + 0.9 * -1.0 - 0.5, 2 + 0.9 * 2.0 + 1.0, 3 - 2.0, 0.0]])
     torch.testing.assert_close(gae(rewards * mask, values, mask, 0.9, 0.0), one_step)
@@ -144,5 +146,7 @@ def test_meta_gradient_matches_an_unbatched_reference(first_order):
     if not first_order:
         _, fo_batch = _meta_batch(torch.float64, True)
         fo_learner = MAMLRL(learner.policy, inner_lr=0.1, first_order=True)
-        first = torch.autograd.grad(fo_learner.surrogate(fo_batch)[0], list(learner.policy.parameters()))
+        first = torch.autograd.grad(
+            fo_learner.surrogate(fo_batch)[0], list(learner.policy.parameters())
+        )
         assert any(not torch.allclose(a, b) for a, b in zip(batched, first))

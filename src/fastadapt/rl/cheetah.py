@@ -147,6 +147,7 @@ class HalfCheetahTasks:
     observation_dim = 17
     action_dim = 6
     task_dim = 1
+    action_bound = 1.0
 
     def __init__(self, kind: str, horizon: int = HORIZON, device: str | torch.device = "cpu"):
         require_mujoco()

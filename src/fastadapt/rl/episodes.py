@@ -24,6 +24,7 @@ class TaskEnv(Protocol):
     action_dim: int
     task_dim: int
     horizon: int
+    action_bound: float
 
     def sample_tasks(self, n: int, seed: int) -> torch.Tensor:
         """``n`` tasks ``[n, task_dim]``, a pure function of ``seed``."""

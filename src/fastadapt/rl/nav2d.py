@@ -89,6 +89,7 @@ class Navigation2D:
     observation_dim = 2
     action_dim = 2
     task_dim = 2
+    action_bound = ACTION_BOUND
 
     def __init__(
         self, horizon: int = HORIZON, reward: str = "distance", device: str | torch.device = "cpu"

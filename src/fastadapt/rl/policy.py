@@ -22,14 +22,22 @@ _LOG_2PI = math.log(2 * math.pi)
 
 
 class GaussianMLPPolicy(nn.Module):
-    """``π(a|s) = N(a; μ_θ(s), diag(exp(log_std))²)``.
+    """``π(a|s) = N(a; c·μ_θ(s), diag(c·exp(log_std))²)`` with ``c`` the ``action_scale``.
+
+    The network works in units of the environment's action bound ``c``, as the reference
+    code does by normalising the environment (``rllab``'s ``normalize``: actions in
+    ``[-1, 1]`` are scaled to the bound): a unit standard deviation at initialisation spans
+    the action space, and the gradients and KL divergences are those of the normalised
+    policy (both are invariant to the scale, up to the log-density's constant).
 
     Args:
         observation_dim: size of an observation.
         action_dim: size of an action.
         hidden: hidden layer sizes of the mean network (the paper: ``[100, 100]``).
         activation: ``relu`` (the paper), ``tanh`` or ``gelu``.
-        init_log_std: the initial log standard deviation of every action dimension.
+        init_log_std: the initial log standard deviation of every action dimension, in
+            units of ``action_scale``.
+        action_scale: the environment's action bound ``c`` (2D navigation: 0.1).
     """
 
     def __init__(
@@ -39,14 +47,18 @@ class GaussianMLPPolicy(nn.Module):
         hidden: Sequence[int] = (100, 100),
         activation: str = "relu",
         init_log_std: float = 0.0,
+        action_scale: float = 1.0,
     ) -> None:
         super().__init__()
+        if action_scale <= 0:
+            raise ValueError(f"action_scale must be positive, got {action_scale}.")
         self.mean = MLP(observation_dim, hidden, action_dim, activation)
         self.log_std = nn.Parameter(torch.full((action_dim,), float(init_log_std)))
+        self.action_scale = float(action_scale)
 
     def forward(self, observation: torch.Tensor) -> torch.Tensor:
         """The mean action of the policy's own parameters (deterministic control)."""
-        return self.mean(observation)
+        return self.action_scale * self.mean(observation)
 
     def task_params(self, num_tasks: int) -> dict[str, torch.Tensor]:
         """The policy's parameters as per-task views ``[B, ...]`` (differentiable)."""
@@ -62,7 +74,7 @@ class GaussianMLPPolicy(nn.Module):
         mean = call_over_tasks(self.mean, net, observation, mode="vmap")
         log_std = params["log_std"]
         log_std = log_std.reshape(log_std.shape[0], *[1] * (mean.dim() - 2), log_std.shape[-1])
-        return mean, log_std.exp()
+        return self.action_scale * mean, self.action_scale * log_std.exp()
 
     def log_prob(
         self,

@@ -78,6 +78,7 @@ def build_rl_learner(config: RunConfig, env: TaskEnv) -> MAMLRL:
             config.model.hidden,
             config.model.activation,
             config.rl.init_log_std,
+            env.action_bound,
         )
     try:
         return MAMLRL(

@@ -6,7 +6,8 @@ Trains a meta-RL preset (``nav2d-maml-trpo`` by default; ``cheetah-vel-maml-trpo
 the preset's fixed test tasks, and prints the average return after 0, 1, 2 and 3
 policy-gradient steps as mean ± 95% CI beside the paper's numbers, with the training wall
 time. ``--run DIR`` reports the latest evaluation of an existing run folder instead (e.g. one
-trained with ``fastadapt train``), without training.
+trained with ``fastadapt train`` and evaluated with ``fastadapt eval``), without training; its
+training time is the one stored in the evaluated checkpoint.
 
     python benchmarks/rl_reproduction.py [--preset nav2d-maml-trpo] [--out DIR]
         [--set train.steps=200 ...] [--resume] [--run DIR]
@@ -24,6 +25,7 @@ from typing import Any
 from _report import machine, write_json
 
 from fastadapt.config import RunConfig, load_preset
+from fastadapt.engine.checkpoint import load_checkpoint
 from fastadapt.engine.run import train_run
 
 
@@ -41,8 +43,8 @@ def main() -> None:
         config = RunConfig.from_dict(json.loads((args.run / "config.json").read_text()))
         evaluations = json.loads((args.run / "results.json").read_text())["evaluations"]
         record, folder = evaluations[-1], args.run
-        trained = next((e for e in evaluations if "train_seconds" in e), record)
-        record = {**record, "train_seconds": trained.get("train_seconds")}
+        checkpoint = load_checkpoint(args.run / "checkpoints" / record["checkpoint"])
+        record = {**record, "train_seconds": checkpoint.train_seconds}
     else:
         config = load_preset(args.preset).override(args.overrides)
         folder = args.out or Path("runs") / args.preset
@@ -56,7 +58,6 @@ def main() -> None:
             "config": config.to_dict(),
             "protocol": record["protocol"],
             "rows": rows,
-            "train_steps": record["step"] if args.run is None else config.train.steps,
             "checkpoint_step": record["step"],
             "train_seconds": record.get("train_seconds"),
             "eval_seconds": record.get("eval_seconds"),
@@ -72,9 +73,9 @@ def _print_table(config: RunConfig, record: dict[str, Any]) -> list[dict[str, An
     seconds = record.get("train_seconds")
     wall = f"{seconds / 60:.1f} min of training" if seconds else "training time unknown"
     print(
-        f"{config.preset}: {config.train.steps} meta-iterations of {config.train.meta_batch} "
-        f"tasks, {config.train.optimizer} outer step; best checkpoint at step {record['step']} "
-        f"({wall})"
+        f"{config.preset}: meta-batch {config.train.meta_batch}, {config.train.optimizer} outer "
+        f"step; checkpoint of meta-iteration {record['step']} (of {config.train.steps} "
+        f"planned; {wall})"
     )
     print("protocol: " + ", ".join(f"{k}={v}" for k, v in record["protocol"].items()))
     print(f"| policy-gradient steps | paper | fastadapt (mean ± 95% CI, n={config.eval.tasks}) |")

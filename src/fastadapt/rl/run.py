@@ -29,6 +29,7 @@ from fastadapt.engine.run import (
 )
 from fastadapt.errors import ConfigError
 from fastadapt.io.atomic import atomic_write_text
+from fastadapt.rl.cheetah import HalfCheetahTasks
 from fastadapt.rl.episodes import Episodes, TaskEnv
 from fastadapt.rl.maml_rl import MAMLRL
 from fastadapt.rl.nav2d import Navigation2D
@@ -60,9 +61,6 @@ def build_env(config: RunConfig, device: torch.device | str = "cpu") -> TaskEnv:
     if family == "nav2d":
         return Navigation2D(config.rl.horizon, config.rl.nav2d_reward, device)
     if family in ("cheetah-vel", "cheetah-dir"):
-        from fastadapt.rl.cheetah import HalfCheetahTasks, require_mujoco
-
-        require_mujoco()
         return HalfCheetahTasks(family.removeprefix("cheetah-"), config.rl.horizon, device)
     raise ConfigError(f"task.family {family!r} is not a meta-RL family ({RL_FAMILIES}).")
 

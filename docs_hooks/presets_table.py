@@ -9,8 +9,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastadapt.config import list_presets, load_preset
+from fastadapt.config import RunConfig, list_presets, load_preset
 from fastadapt.engine.build import TASK_FAMILIES
+from fastadapt.rl.run import RL_FAMILIES
 
 MARKER = "<!-- presets-table -->"
 
@@ -25,6 +26,9 @@ def presets_table() -> str:
         config = load_preset(name)
         ref, task, evaluation = config.reference, config.task, config.eval
         target = ", ".join(f"{metric} {value:g}" for metric, value in ref.values.items())
+        if task.family in RL_FAMILIES:
+            lines.append(_row([f"`{name}`", ref.paper, ref.table, target, *_rl_protocol(config)]))
+            continue
         classes = TASK_FAMILIES[task.family].problem == "classification"
         shape = f"{task.ways}-way " if classes else ""
         eval_shape = f"{evaluation.ways}-way " if classes else ""
@@ -36,8 +40,24 @@ def presets_table() -> str:
             f"{task.family}, {shape}{task.shots}-shot, {config.train.steps} steps",
             f"{eval_shape}{evaluation.shots}-shot, {evaluation.tasks} tasks",
         ]
-        lines.append("| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |")
+        lines.append(_row(cells))
     return "\n".join(lines) + "\n"
+
+
+def _rl_protocol(config: RunConfig) -> list[str]:
+    """Training and test protocol of a meta-RL preset."""
+    rl, train, evaluation = config.rl, config.train, config.eval
+    steps = max(evaluation.report_steps)
+    return [
+        f"{config.task.family}, {train.steps} meta-iterations of {train.meta_batch} tasks, "
+        f"{rl.trajectories} trajectories",
+        f"{evaluation.tasks} tasks, 0-{steps} policy-gradient steps of {rl.trajectories} "
+        "trajectories",
+    ]
+
+
+def _row(cells: list[str]) -> str:
+    return "| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |"
 
 
 def on_page_markdown(markdown: str, **kwargs: Any) -> str:

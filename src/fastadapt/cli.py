@@ -37,6 +37,7 @@ from fastadapt.inference.adapt_folder import (
 from fastadapt.inference.export import export_model
 from fastadapt.inference.load import load
 from fastadapt.recsys.recommend import recommend
+from fastadapt.rl.run import RL_FAMILIES, check_one_process, is_rl_run
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -293,6 +294,8 @@ def _train(args: argparse.Namespace) -> int:
     config = load_preset(args.preset).override(args.overrides)
     out = args.out or Path("runs") / args.preset
     if args.nproc is not None:
+        if config.task.family in RL_FAMILIES:
+            check_one_process(args.nproc)
         distributed.check_meta_batch(config.train.meta_batch, args.nproc)
         args.out = out
         launch(args.nproc, _forwarded(args, args.preset), args.port, run_dir=out)
@@ -313,6 +316,8 @@ def _train(args: argparse.Namespace) -> int:
 
 def _eval(args: argparse.Namespace) -> int:
     if args.nproc is not None:
+        if is_rl_run(args.run_dir):
+            check_one_process(args.nproc)
         launch(args.nproc, _forwarded(args, str(args.run_dir)), args.port)
         return 0
     overrides = list(args.overrides)

@@ -1,8 +1,9 @@
 """Run configuration: typed sections, presets shipped as TOML, ``--set key=value`` overrides.
 
-A configuration is five sections (``task``, ``model``, ``algorithm``, ``train``, ``eval``)
-plus the preset's ``reference`` (the paper, table and numbers it targets). Every field has a
-type; an override of an unknown key or of the wrong type is refused with a suggestion.
+A configuration is its sections (``task``, ``data``, ``model``, ``algorithm``, ``train``,
+``eval``, and ``rl`` for meta-reinforcement learning) plus the preset's ``reference`` (the
+paper, table and numbers it targets). Every field has a type; an override of an unknown key
+or of the wrong type is refused with a suggestion.
 """
 
 from __future__ import annotations
@@ -20,6 +21,9 @@ from fastadapt.algorithms.matching import SIMILARITIES
 from fastadapt.algorithms.reptile import INNER_OPTIMIZERS
 from fastadapt.errors import ConfigError
 from fastadapt.nn.conv4 import DOWNSAMPLING
+
+NAV2D_REWARDS = ("distance", "squared")
+"""2D navigation rewards: minus the distance to the goal, or minus its square."""
 
 LR_SCHEDULES = ("step", "linear")
 """``step``: ``lr · lr_decay ** (s // lr_decay_every)``; ``linear``: from ``lr`` at step 0 down to
@@ -127,6 +131,36 @@ class EvalConfig:
 
 
 @dataclass
+class RLConfig:
+    """Meta-reinforcement learning (``task.family`` = ``nav2d``, ``cheetah-vel`` or
+    ``cheetah-dir``; :mod:`fastadapt.rl`), Finn et al. 2017 §5.3 and Appendix A.2.
+
+    ``trajectories`` are sampled per task for each policy-gradient step (training and test);
+    returns are discounted by ``gamma`` with GAE's ``gae_lambda`` (1: discounted return minus
+    the linear baseline, whose ridge term is ``baseline_reg``). The outer step is TRPO
+    (``train.optimizer = "trpo"``: ``max_kl``, ``cg_iters`` conjugate-gradient iterations with
+    ``cg_damping``, backtracking by ``ls_backtrack`` up to ``ls_steps`` times) or Adam
+    (``train.optimizer = "adam"``, ``train.lr``). ``nav2d_reward`` is ``distance`` (negative
+    Euclidean distance to the goal, the reference code behind the paper's numbers) or
+    ``squared`` (the paper's text). The policy's log standard deviation starts at
+    ``init_log_std``.
+    """
+
+    horizon: int = 100
+    trajectories: int = 20
+    gamma: float = 0.99
+    gae_lambda: float = 1.0
+    baseline_reg: float = 1e-5
+    max_kl: float = 0.01
+    cg_iters: int = 10
+    cg_damping: float = 1e-5
+    ls_backtrack: float = 0.8
+    ls_steps: int = 15
+    nav2d_reward: str = "distance"
+    init_log_std: float = 0.0
+
+
+@dataclass
 class Reference:
     """What a preset reproduces; not used by training, printed beside our numbers."""
 
@@ -146,6 +180,7 @@ class RunConfig:
     algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    rl: RLConfig = field(default_factory=RLConfig)
     reference: Reference = field(default_factory=Reference)
 
     def to_dict(self) -> dict[str, Any]:
@@ -199,6 +234,12 @@ class RunConfig:
             "eval.batch": self.eval.batch,
             "data.image_size": self.data.image_size,
             "model.embedding_dim": self.model.embedding_dim,
+            "rl.horizon": self.rl.horizon,
+            "rl.trajectories": self.rl.trajectories,
+            "rl.baseline_reg": self.rl.baseline_reg,
+            "rl.max_kl": self.rl.max_kl,
+            "rl.cg_iters": self.rl.cg_iters,
+            "rl.ls_steps": self.rl.ls_steps,
         }
         optional_positive = {
             "train.task_chunk": self.train.task_chunk,
@@ -227,6 +268,18 @@ class RunConfig:
                     f"{key} must be one of {', '.join(allowed)}, got {value!r}; "
                     f"e.g. --set {key}={allowed[0]}."
                 )
+        for key, value in {
+            "rl.gamma": self.rl.gamma,
+            "rl.gae_lambda": self.rl.gae_lambda,
+            "rl.ls_backtrack": self.rl.ls_backtrack,
+        }.items():
+            if not 0.0 < value <= 1.0:
+                raise ConfigError(f"{key} must be in (0, 1], got {value!r}; e.g. --set {key}=0.99.")
+        if self.rl.nav2d_reward not in NAV2D_REWARDS:
+            raise ConfigError(
+                f"rl.nav2d_reward must be one of {', '.join(NAV2D_REWARDS)}, got "
+                f"{self.rl.nav2d_reward!r}; e.g. --set rl.nav2d_reward=distance."
+            )
         if not 0.0 <= self.model.dropout < 1.0:
             raise ConfigError(
                 f"model.dropout must be a probability in [0, 1), got {self.model.dropout!r}; "

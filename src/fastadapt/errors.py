@@ -35,3 +35,8 @@ class NonFiniteLossError(FastAdaptError, FloatingPointError):
 class DistributedError(FastAdaptError, RuntimeError):
     """A distributed job cannot start or continue: a process died, stalled past the timeout or
     cannot be reached, or the launcher failed; the last good checkpoint is left intact."""
+
+
+class SpaceError(FastAdaptError, ValueError):
+    """An action of the wrong shape, or a task outside an environment's task space
+    (:mod:`fastadapt.rl`)."""

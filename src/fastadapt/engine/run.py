@@ -18,9 +18,11 @@ only rank 0 reads and writes the run folder, and hands what it read to the other
 
 from __future__ import annotations
 
+import importlib
 import json
 import time
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import torch
@@ -81,7 +83,8 @@ def train_run(
     With ``plots``, ``out/curves.png`` is redrawn each time ``metrics.csv`` is written, and the
     final evaluation draws its figures (see :func:`evaluate_run`); this needs the ``plots``
     extra, checked before training starts. Returns the evaluation record that is also
-    appended to ``out/results.json``.
+    appended to ``out/results.json``. Meta-RL families go to :mod:`fastadapt.rl.run`, which
+    trains in one process.
 
     Started by ``torchrun``, every process runs this and they train one model together
     (:mod:`fastadapt.engine.distributed`), each waiting at most ``timeout`` seconds for the
@@ -89,6 +92,8 @@ def train_run(
     ``train.meta_batch`` must be a multiple of their number, and ``resume`` works with any
     number of processes.
     """
+    if config.task.family in _rl_run().RL_FAMILIES:
+        return _rl_run().train_rl_run(config, out, resume=resume, progress=progress, plots=plots)
     if plots:
         load_pyplot()
     with distributed.process_group(_device(config.train.device), timeout):
@@ -174,6 +179,7 @@ def evaluate_run(
     of a classifier's test predictions (``reliability.png``) or the predictions of a sinusoid
     regressor on the first test tasks against their true functions (``predictions.png``,
     with the ± 2σ band of a probabilistic learner); the record lists them under ``plots``.
+    A meta-RL run is evaluated by :func:`fastadapt.rl.run.evaluate_rl_run`.
 
     Started by ``torchrun``, every process runs this: each evaluates its share of the test
     tasks, and rank 0 writes the record, the same one a single process writes (except
@@ -181,6 +187,10 @@ def evaluate_run(
     started to evaluate alone has every process read it (and wait ``timeout`` seconds at most
     for the others).
     """
+    if _rl_run().is_rl_run(run_dir):
+        return _rl_run().evaluate_rl_run(
+            run_dir, overrides=overrides, checkpoint=checkpoint, extra=extra, plots=plots
+        )
     if plots:
         load_pyplot()
     for assignment in overrides or []:
@@ -243,6 +253,11 @@ def _evaluate(
 def _read_checkpoint(run_dir: Path, checkpoint: str) -> tuple[Path, Checkpoint]:
     path = checkpoint_path(run_dir, checkpoint)
     return path, load_checkpoint(path)
+
+
+def _rl_run() -> ModuleType:
+    """:mod:`fastadapt.rl.run`, imported on use: it builds on this module's helpers."""
+    return importlib.import_module("fastadapt.rl.run")
 
 
 def _evaluation_figures(

@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fastadapt.config import RunConfig, list_presets, load_preset
+from fastadapt.config import RL_FAMILIES, RunConfig, list_presets, load_preset
 from fastadapt.engine.build import build_learner
 from fastadapt.errors import ConfigError
 from fastadapt.rl.nav2d import Navigation2D
-from fastadapt.rl.run import RL_FAMILIES, build_rl_learner
+from fastadapt.rl.run import build_rl_learner
 
 #: Presets whose paper reports no number for their dataset (MeLU has MovieLens-1M only; MAML
 #: gives half-cheetah velocity as a curve, Figure 5).
@@ -72,6 +72,8 @@ def test_overrides_parse_toml_literals_and_round_trip():
         ("algorithm.inner_steps=0", "algorithm.inner_steps must be positive"),
         ("model.hidden=[40, 0]", "model.hidden sizes must be positive"),
         ("no-equals-sign", "expects key=value"),
+        ("eval.later_lr_scale=0.5", "applies to meta-RL families only"),
+        ("eval.later_lr_scale=0", "eval.later_lr_scale must be positive"),
     ],
 )
 def test_bad_overrides_are_refused(assignment, message):

@@ -150,3 +150,24 @@ def test_meta_gradient_matches_an_unbatched_reference(first_order):
             fo_learner.surrogate(fo_batch)[0], list(learner.policy.parameters())
         )
         assert any(not torch.allclose(a, b) for a, b in zip(batched, first))
+
+
+def test_test_time_steps_after_the_first_take_the_later_step_size(monkeypatch):
+    learner, _ = _meta_batch()
+    sizes = []
+    adapt = learner.adapt
+
+    def recording_adapt(params, episodes, advantages, lr, create_graph):
+        sizes.append(lr)
+        return adapt(params, episodes, advantages, lr, create_graph)
+
+    monkeypatch.setattr(learner, "adapt", recording_adapt)
+    env = Navigation2D(horizon=10)
+    tasks = env.sample_tasks(2, 0)
+    returns, samples = learner.adaptation_returns(
+        env, tasks, 3, 4, 0.1, torch.Generator().manual_seed(0), later_lr=0.05
+    )
+    assert sizes == [0.1, 0.05, 0.05]
+    assert returns.shape == (4, 2) and len(samples) == 4
+    learner.adaptation_returns(env, tasks, 2, 4, 0.1, torch.Generator().manual_seed(0))
+    assert sizes[3:] == [0.1, 0.1]

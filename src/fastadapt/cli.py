@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from fastadapt.config import list_presets, load_preset
+from fastadapt.config import RL_FAMILIES, list_presets, load_preset
 from fastadapt.datasets.registry import (
     DATASETS,
     RATINGS,
@@ -37,7 +37,7 @@ from fastadapt.inference.adapt_folder import (
 from fastadapt.inference.export import export_model
 from fastadapt.inference.load import load
 from fastadapt.recsys.recommend import recommend
-from fastadapt.rl.run import RL_FAMILIES, check_one_process, is_rl_run
+from fastadapt.rl.run import check_one_process, is_rl_run
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -22,6 +22,8 @@ from fastadapt.algorithms.reptile import INNER_OPTIMIZERS
 from fastadapt.errors import ConfigError
 from fastadapt.nn.conv4 import DOWNSAMPLING
 
+RL_FAMILIES = ("nav2d", "cheetah-vel", "cheetah-dir")
+"""The meta-reinforcement-learning task families (:mod:`fastadapt.rl`)."""
 NAV2D_REWARDS = ("distance", "squared")
 """2D navigation rewards: minus the distance to the goal, or minus its square."""
 
@@ -115,7 +117,10 @@ class TrainConfig:
 @dataclass
 class EvalConfig:
     """The test protocol; ``partition`` is the cold-start partition of a ratings family
-    (``warm``, ``new-users``, ``new-items`` or ``new-both``), ignored by other families."""
+    (``warm``, ``new-users``, ``new-items`` or ``new-both``), ignored by other families.
+    ``later_lr_scale`` (meta-RL only) multiplies the step size of every test-time
+    policy-gradient step after the first: the MAML paper halves it (Finn et al. 2017,
+    Appendix A.2), i.e. 0.5."""
 
     ways: int = 5
     shots: int = 5
@@ -128,6 +133,7 @@ class EvalConfig:
     batch: int = 100
     inner_batch: int | None = None
     partition: str = "new-users"
+    later_lr_scale: float = 1.0
 
 
 @dataclass
@@ -232,6 +238,7 @@ class RunConfig:
             "eval.tasks": self.eval.tasks,
             "eval.inner_steps": self.eval.inner_steps,
             "eval.batch": self.eval.batch,
+            "eval.later_lr_scale": self.eval.later_lr_scale,
             "data.image_size": self.data.image_size,
             "model.embedding_dim": self.model.embedding_dim,
             "rl.horizon": self.rl.horizon,
@@ -279,6 +286,11 @@ class RunConfig:
             raise ConfigError(
                 f"rl.nav2d_reward must be one of {', '.join(NAV2D_REWARDS)}, got "
                 f"{self.rl.nav2d_reward!r}; e.g. --set rl.nav2d_reward=distance."
+            )
+        if self.eval.later_lr_scale != 1.0 and self.task.family not in RL_FAMILIES:
+            raise ConfigError(
+                "eval.later_lr_scale applies to meta-RL families only "
+                f"({', '.join(RL_FAMILIES)}), not {self.task.family!r}; leave it at 1."
             )
         if not 0.0 <= self.model.dropout < 1.0:
             raise ConfigError(

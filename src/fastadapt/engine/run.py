@@ -28,7 +28,7 @@ from typing import Any
 import torch
 
 from fastadapt.algorithms.base import MetaLearner
-from fastadapt.config import RunConfig, flatten
+from fastadapt.config import RL_FAMILIES, RunConfig, flatten
 from fastadapt.engine import distributed
 from fastadapt.engine.build import (
     TASK_FAMILIES,
@@ -92,7 +92,7 @@ def train_run(
     ``train.meta_batch`` must be a multiple of their number, and ``resume`` works with any
     number of processes.
     """
-    if config.task.family in _rl_run().RL_FAMILIES:
+    if config.task.family in RL_FAMILIES:
         return _rl_run().train_rl_run(config, out, resume=resume, progress=progress, plots=plots)
     if plots:
         load_pyplot()

@@ -186,10 +186,12 @@ class MAMLRL(nn.Module):
         trajectories: int,
         lr: float,
         generator: torch.Generator,
+        later_lr: float | None = None,
     ) -> tuple[torch.Tensor, list[Episodes]]:
         """Mean return per task ``[steps + 1, B]`` after 0, 1, …, ``steps`` policy-gradient
-        steps of size ``lr``, each on ``trajectories`` new trajectories of the policy of the
-        step before (the paper's test protocol), and those trajectories."""
+        steps, each on ``trajectories`` new trajectories of the policy of the step before (the
+        paper's test protocol), and those trajectories. The first step has size ``lr``, the
+        later ones ``later_lr`` (default ``lr``; the paper halves it, Appendix A.2)."""
         params = self.policy.task_params(tasks.shape[0])
         returns, samples = [], []
         for step in range(steps + 1):
@@ -197,6 +199,7 @@ class MAMLRL(nn.Module):
             returns.append(episodes.returns().mean(dim=1))
             samples.append(episodes)
             if step < steps:
+                size = lr if step == 0 or later_lr is None else later_lr
                 leaves = {name: p.detach().requires_grad_() for name, p in params.items()}
-                params = self.adapt(leaves, episodes, self.advantages(episodes), lr, False)
+                params = self.adapt(leaves, episodes, self.advantages(episodes), size, False)
         return torch.stack(returns), samples

@@ -3,8 +3,10 @@ evaluate it, record the results (the same layout as :mod:`fastadapt.engine.run`)
 
 The evaluation is the paper's (Finn et al. 2017, §5.3): on fixed test tasks, the mean return
 of ``rl.trajectories`` trajectories of the meta-learned policy and of the policy after 1, 2,
-… policy-gradient steps of size ``eval.inner_lr`` (default ``algorithm.inner_lr``), each step
-on the trajectories of the policy before it; every figure is the mean ± 95% CI over tasks.
+… policy-gradient steps, each on the trajectories of the policy before it; the first step has
+size ``eval.inner_lr`` (default ``algorithm.inner_lr``), the later ones that times
+``eval.later_lr_scale`` (the presets: 0.5, the paper's halving, Appendix A.2); every figure is
+the mean ± 95% CI over tasks.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from typing import Any
 
 import torch
 
-from fastadapt.config import RunConfig
+from fastadapt.config import RL_FAMILIES, RunConfig
 from fastadapt.engine import distributed
 from fastadapt.engine.checkpoint import load_checkpoint
 from fastadapt.engine.evaluate import estimates_to_json, mean_ci95
@@ -39,7 +41,6 @@ from fastadapt.rl.plots import plot_adaptation_curve, plot_nav2d_trajectories
 from fastadapt.rl.policy import GaussianMLPPolicy
 from fastadapt.rl.trainer import TEST, RLSchedule, RLTrainer, generator, stream_seed
 
-RL_FAMILIES = ("nav2d", "cheetah-vel", "cheetah-dir")
 OUTER_OPTIMIZERS = ("trpo", "adam")
 #: 2D-navigation test tasks whose trajectories ``--plots`` draws.
 PLOTTED_TASKS = 4
@@ -274,7 +275,13 @@ def _test_returns(
         rng = generator(stream_seed(evaluation.seed, TEST, start + 1), device)
         part = tasks[start : start + evaluation.batch].to(device)
         returns, episodes = learner.adaptation_returns(
-            env, part, steps, config.rl.trajectories, _eval_lr(config), rng
+            env,
+            part,
+            steps,
+            config.rl.trajectories,
+            _eval_lr(config),
+            rng,
+            later_lr=_eval_lr(config) * evaluation.later_lr_scale,
         )
         chunks.append(returns.cpu())
         samples = samples or episodes
@@ -291,6 +298,7 @@ def rl_protocol(config: RunConfig) -> dict[str, Any]:
         "trajectories": config.rl.trajectories,
         "horizon": config.rl.horizon,
         "inner_lr": _eval_lr(config),
+        "later_lr": _eval_lr(config) * config.eval.later_lr_scale,
         "report_steps": config.eval.report_steps,
         "seed": config.eval.seed,
     }

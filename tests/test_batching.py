@@ -15,6 +15,9 @@ from fastadapt.nn.batching import (
     map_over_tasks,
     resolve_batch_mode,
 )
+from fastadapt.nn.conv4 import Conv4
+from fastadapt.nn.resnet12 import ResNet12
+from fastadapt.tasks.task import TaskBatch
 
 
 def test_auto_mode_uses_vmap_for_mlps_and_a_loop_for_convolutions():
@@ -41,9 +44,34 @@ def test_map_over_tasks_modes_agree(make_model, make_batch):
     assert torch.allclose(by_vmap, by_loop, atol=1e-6)
 
 
+def _conv4() -> nn.Module:
+    return Conv4(hidden=8, ways=3, image_size=8, blocks=2)
+
+
+def _resnet12() -> nn.Module:
+    return ResNet12(1, (4, 4, 4, 4), 16, ways=3, track_running_stats=False)
+
+
+def _image_batch_16(dtype: torch.dtype) -> TaskBatch:
+    """:func:`image_batch` at 16x16, the smallest input of ResNet-12's four pools."""
+    batch = image_batch(dtype=dtype)
+
+    def upsample(x: torch.Tensor) -> torch.Tensor:
+        return x.repeat_interleave(2, -1).repeat_interleave(2, -2)
+
+    return TaskBatch(
+        upsample(batch.support_x), batch.support_y, upsample(batch.query_x), batch.query_y
+    )
+
+
 @pytest.mark.parametrize(
     ("make_model", "make_batch", "problem"),
-    [(small_mlp, regression_batch, "regression"), (small_conv_net, image_batch, "classification")],
+    [
+        (small_mlp, regression_batch, "regression"),
+        (small_conv_net, image_batch, "classification"),
+        (_conv4, image_batch, "classification"),
+        (_resnet12, _image_batch_16, "classification"),
+    ],
 )
 def test_meta_loss_and_metrics_agree_between_modes(make_model, make_batch, problem):
     model, batch = make_model(), make_batch(dtype=torch.float32)

@@ -99,6 +99,45 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monk
     assert all(torch.isfinite(t).all() for t in checkpoint.learner.values())
 
 
+def test_diverging_inner_loop_is_named_by_task_and_inner_step(tmp_path):
+    config = tiny_config("algorithm.inner_lr=1e30", "algorithm.inner_steps=2")
+    with pytest.raises(
+        NonFiniteLossError,
+        match=r"at step 1 \(task \d+ of the meta-batch \(\d+ of \d+\) has non-finite adapted "
+        r"parameters after inner step [12] of 2; lower algorithm.inner_lr",
+    ):
+        train_run(config, tmp_path / "run", progress=False)
+
+
+@pytest.mark.parametrize(
+    ("fits", "advice"),
+    [(3, "2 tasks at a time fit: --set train.task_chunk=2"), (0, "not even one task fits")],
+)
+def test_a_meta_batch_out_of_memory_says_which_chunk_fits(tmp_path, monkeypatch, fits, advice):
+    original = MAML.meta_loss
+
+    def limited_memory(self, batch):
+        if batch.num_tasks > fits:
+            raise RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate")
+        return original(self, batch)
+
+    monkeypatch.setattr(MAML, "meta_loss", limited_memory)
+    config = tiny_config("train.meta_batch=8", "train.task_chunk=8")
+    with pytest.raises(ConfigError, match="8 tasks at a time ran out of host memory") as error:
+        train_run(config, tmp_path / "run", progress=False)
+    assert advice in str(error.value)
+    assert not (tmp_path / "run" / "checkpoints" / "last.pt").exists()
+
+
+def test_other_runtime_errors_are_not_taken_for_memory(tmp_path, monkeypatch):
+    def broken(self, batch):
+        raise RuntimeError("shape mismatch")
+
+    monkeypatch.setattr(MAML, "meta_loss", broken)
+    with pytest.raises(RuntimeError, match="shape mismatch"):
+        train_run(tiny_config(), tmp_path / "run", progress=False)
+
+
 def test_out_folder_with_another_run_is_refused_and_untouched(tmp_path):
     out = tmp_path / "run"
     train_run(tiny_config(), out, progress=False)

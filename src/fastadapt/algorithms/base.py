@@ -110,6 +110,11 @@ class MetaLearner(nn.Module, ABC):
         """``learner(batch)`` is :meth:`meta_loss`, so ``torch.func.functional_call`` works."""
         return self.meta_loss(batch)
 
+    def explain_non_finite(self, batch: TaskBatch) -> str | None:
+        """Where a non-finite meta-loss on ``batch`` comes from, for the trainer's error
+        message (called only after one occurred); ``None`` when the learner cannot tell."""
+        return None
+
     @abstractmethod
     def adapt(self, support_x: torch.Tensor, support_y: torch.Tensor) -> Predictor:
         """A predictor for the task whose support set is given (no task dimension)."""

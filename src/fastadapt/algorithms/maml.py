@@ -157,6 +157,32 @@ class MAML(MetaLearner):
                     metrics[name] = value
         return metrics
 
+    def explain_non_finite(self, batch: TaskBatch) -> str | None:
+        """The first task of ``batch`` whose training inner loop gives non-finite parameters,
+        and after which inner step (0: the meta-parameters θ themselves), or else whose query
+        loss is non-finite with finite adapted parameters."""
+        steps = self._inner_loop(batch.support_x, batch.support_y, self.inner_steps, training=True)
+        for step, params in enumerate(steps):
+            sums = torch.stack([p.detach().flatten(1).sum(dim=1) for p in params.values()])
+            bad = _non_finite_tasks(sums.sum(dim=0))
+            if step == 0 and bad:
+                return f"the meta-parameters θ are non-finite ({bad})"
+            if bad:
+                return (
+                    f"{bad} has non-finite adapted parameters after inner step {step} of "
+                    f"{self.inner_steps}; lower algorithm.inner_lr or algorithm.inner_steps"
+                )
+        with torch.no_grad():
+            outputs = self._forward_tasks(params, batch.query_x)
+            losses = self.query_metrics(outputs, batch.query_y, batch.query_mask)
+        bad = _non_finite_tasks(losses[self.loss_metric])
+        if bad:
+            return (
+                f"{bad} has finite adapted parameters after {self.inner_steps} inner step(s) but "
+                "a non-finite query loss; lower algorithm.inner_lr"
+            )
+        return None
+
     def adapt(self, support_x: torch.Tensor, support_y: torch.Tensor) -> Predictor:
         """Adapt to one task with ``eval_inner_steps`` steps; the predictor holds ``θ'``."""
         *_, params = self._inner_loop(
@@ -250,6 +276,15 @@ def _adapted_parameter_names(
             f"modules, e.g. its children {children}."
         )
     return [name for name in names if any(_belongs(name, prefix) for prefix in adapt)]
+
+
+def _non_finite_tasks(per_task: torch.Tensor) -> str:
+    """``"task i of the meta-batch (k of B)"`` for the first non-finite value of ``per_task``
+    ``[B]`` (``k`` of them), or ``""`` when all are finite."""
+    bad = (~torch.isfinite(per_task)).nonzero()
+    if not len(bad):
+        return ""
+    return f"task {int(bad[0])} of the meta-batch ({len(bad)} of {per_task.shape[0]})"
 
 
 def _belongs(name: str, prefix: str) -> bool:

@@ -12,6 +12,7 @@ is the one a single process trains, up to the order of floating-point additions.
 
 from __future__ import annotations
 
+import gc
 import math
 import time
 from collections.abc import Callable
@@ -34,6 +35,7 @@ from fastadapt.engine.checkpoint import (
 from fastadapt.engine.evaluate import Estimate, evaluate
 from fastadapt.engine.metrics_log import MetricsLog
 from fastadapt.errors import ConfigError, NonFiniteLossError
+from fastadapt.tasks.task import TaskBatch
 
 
 @dataclass(frozen=True)
@@ -197,10 +199,28 @@ class Trainer:
         whole = self.schedule.meta_batch
         tasks = distributed.shard(range(step * whole, (step + 1) * whole))
         batch = self.train_tasks.batch(tasks).to(self.device)
-        size = len(tasks)
-        chunk = self.schedule.task_chunk or size
+        chunk = self.schedule.task_chunk or len(tasks)
         distributed.seed_training_noise(self.schedule.seed, step)
+        try:
+            totals = self._accumulate_gradients(batch, chunk, step)
+        except (torch.OutOfMemoryError, RuntimeError) as error:
+            if not _out_of_memory(error):
+                raise
+            raise ConfigError(self._out_of_memory_advice(batch, chunk)) from error
+        distributed.all_reduce_gradients(self.learner.parameters())
+        distributed.average_buffers(self.learner)
+        for group in self.optimizer.param_groups:
+            group["lr"] = self._learning_rate(step)
+        self.optimizer.step()
+        return totals
+
+    def _accumulate_gradients(
+        self, batch: TaskBatch, chunk: int, step: int
+    ) -> dict[str, torch.Tensor]:
+        """Zero the gradients, then add those of the mean meta-loss over ``batch``, computed
+        ``chunk`` tasks at a time; returns the mean training metrics."""
         self.optimizer.zero_grad(set_to_none=True)
+        size = batch.num_tasks
         totals: dict[str, torch.Tensor] = {}
         for start in range(0, size, chunk):
             part = batch[start : start + chunk]
@@ -208,22 +228,49 @@ class Trainer:
             finite = bool(torch.isfinite(output.loss))
             if distributed.any_rank(not finite):
                 value = output.loss.item() if not finite else "non-finite in another process"
+                cause = self.learner.explain_non_finite(part) if not finite else None
                 raise NonFiniteLossError(
-                    f"the meta-loss became {value} at step {step + 1}; training "
-                    f"stopped. The last good checkpoint is {self.last_path} (if one was "
-                    "written). Lower train.lr or the inner learning rate, then start again or "
-                    "resume."
+                    f"the meta-loss became {value} at step {step + 1}"
+                    f"{f' ({cause})' if cause else ''}; training stopped. The last good "
+                    f"checkpoint is {self.last_path} (if one was written). Lower train.lr or "
+                    "the inner learning rate, then start again or resume."
                 )
             weight = len(part) / size
             (output.loss * weight).backward()
             for name, value in output.metrics.items():
                 totals[name] = totals.get(name, 0.0) + value * weight
-        distributed.all_reduce_gradients(self.learner.parameters())
-        distributed.average_buffers(self.learner)
-        for group in self.optimizer.param_groups:
-            group["lr"] = self._learning_rate(step)
-        self.optimizer.step()
         return totals
+
+    def _out_of_memory_advice(self, batch: TaskBatch, chunk: int) -> str:
+        """What to set when ``chunk`` tasks at a time do not fit in memory: the largest of
+        ``chunk/2, chunk/4, …, 1`` with which one meta-step's forward and backward passes run
+        (tried on ``batch``; gradients are discarded). In a distributed job, where the other
+        processes wait in the step, only the halved chunk is suggested, untried."""
+        where = "GPU" if self.device.type == "cuda" else "host"
+        advice = (
+            f"a meta-step on {chunk} tasks at a time ran out of {where} memory "
+            f"(train.meta_batch={self.schedule.meta_batch}, "
+            f"train.task_chunk={self.schedule.task_chunk}); "
+        )
+        if distributed.world_size() > 1:
+            return advice + f"set train.task_chunk to at most {max(1, chunk // 2)} and retry."
+        smaller = chunk // 2
+        while smaller >= 1:
+            _release_memory(self.device)
+            try:
+                self._accumulate_gradients(batch[:smaller], smaller, step=0)
+            except (torch.OutOfMemoryError, RuntimeError) as error:
+                if not _out_of_memory(error):
+                    raise
+                smaller //= 2
+                continue
+            finally:
+                self.optimizer.zero_grad(set_to_none=True)
+            return advice + (
+                f"{smaller} tasks at a time fit: --set train.task_chunk={smaller} (the gradients "
+                "of the chunks are accumulated, so the meta-gradient is the same)."
+            )
+        return advice + "not even one task fits: use a smaller model, fewer shots or queries."
 
     def _validate(self) -> Estimate:
         estimates = evaluate(
@@ -282,3 +329,15 @@ class Trainer:
         if self._seconds_before is None:
             return None
         return self._seconds_before + time.perf_counter() - self._started
+
+
+def _out_of_memory(error: BaseException) -> bool:
+    """Whether ``error`` is an allocation failure (CUDA's ``OutOfMemoryError`` or the CPU
+    allocator's ``RuntimeError``)."""
+    return isinstance(error, torch.OutOfMemoryError) or "can't allocate memory" in str(error)
+
+
+def _release_memory(device: torch.device) -> None:
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()

@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from fastadapt.nn.folded_conv_block import MAX_PATCH_SIZE, folded_conv_block
-from fastadapt.nn.image_input import check_image_batch
+from fastadapt.nn.image_input import check_image_batch, to_channels_last
 
 DOWNSAMPLING = ("pool", "stride")
 
@@ -153,4 +153,4 @@ class Conv4(nn.Sequential):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Embeddings ``[n, embedding_size]`` (logits ``[n, ways]``) of images ``[n, C, H, W]``."""
         check_image_batch("Conv4", x, self.input_shape)
-        return super().forward(x.contiguous(memory_format=torch.channels_last))
+        return super().forward(to_channels_last(x))

@@ -78,9 +78,11 @@ def folded_conv_block(
         bn_weight, bn_bias, eps,
     )  # fmt: skip
     # Written channels-last: with a one-channel input both layouts look alike to the
-    # convolution, and the weight's layout then picks the output's.
-    folded = torch.empty_like(weight, memory_format=torch.channels_last)
-    folded = folded.copy_(matrix.view_as(weight))
+    # convolution, and the weight's layout then picks the output's (inside torch.vmap,
+    # whose batched tensors have no layout, as it is).
+    folded = matrix.view_as(weight)
+    if not torch._C._functorch.is_functorch_wrapped_tensor(folded):
+        folded = torch.empty_like(weight, memory_format=torch.channels_last).copy_(folded)
     normalised = F.conv2d(x, folded, shift, stride=stride, padding=padding)
     return (F.max_pool2d(normalised, 2) if pool else normalised).relu()
 

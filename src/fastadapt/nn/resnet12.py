@@ -21,7 +21,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from fastadapt.nn.image_input import check_image_batch
+from fastadapt.nn.image_input import check_image_batch, to_channels_last
 
 WIDTHS = (64, 160, 320, 640)
 POOLS = ("avg", "flatten")
@@ -103,6 +103,6 @@ class ResNet12(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Embeddings ``[n, embedding_size]`` (logits ``[n, ways]``) of images ``[n, C, H, W]``."""
         check_image_batch("ResNet12", x, self.input_shape)
-        features = self.blocks(x.contiguous(memory_format=torch.channels_last))
+        features = self.blocks(to_channels_last(x))
         embedding = features.mean(dim=(2, 3)) if self.pool == "avg" else features.flatten(1)
         return embedding if self.head is None else self.head(embedding)

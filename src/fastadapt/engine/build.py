@@ -5,6 +5,7 @@ Adding a task family, a model or an algorithm is one builder function and one re
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +30,7 @@ from fastadapt.nn.conv4 import Conv4
 from fastadapt.nn.mlp import MLP
 from fastadapt.nn.resnet12 import ResNet12
 from fastadapt.recsys.cold_start import cold_start_split
+from fastadapt.recsys.mean_rating import item_means
 from fastadapt.recsys.melu import MeLU
 from fastadapt.recsys.user_tasks import FEATURES, UserTasks
 from fastadapt.tasks.sampler import FewShotSampler
@@ -160,7 +162,13 @@ def _melu(config: RunConfig, in_features: int, out_features: int | None) -> nn.M
             f"{sorted(RATINGS)}, got {config.task.family!r}."
         )
     num_items = VARIANTS[config.task.family].max_item_id
-    return MeLU(num_items, config.model.embedding_dim, config.model.hidden)
+    prior = None
+    if config.model.item_prior:  # the training users' ratings, a pure function of the data
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # users left out: said by training
+            train = build_task_family(config, "train")
+        prior = item_means(train, num_items + 1, config.model.item_prior_shrinkage)
+    return MeLU(num_items, config.model.embedding_dim, config.model.hidden, item_prior=prior)
 
 
 MODELS: dict[str, Callable[[RunConfig, int, int | None], nn.Module]] = {
@@ -304,11 +312,15 @@ OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {
 def build_optimizer(config: RunConfig, learner: MetaLearner) -> torch.optim.Optimizer:
     """The outer-loop optimizer over every parameter of the meta-learner.
 
-    Adam uses PyTorch's fused kernel where it exists (CUDA, and CPU from torch 2.4): one
-    kernel for all tensors instead of a few per tensor, 3x faster on small models.
+    ``train.weight_decay`` adds ``weight_decay · θ`` to every gradient (an L2 penalty of
+    ``weight_decay / 2 · ‖θ‖²``: PyTorch's ``weight_decay`` of Adam and SGD). Adam uses
+    PyTorch's fused kernel where it exists (CUDA, and CPU from torch 2.4): one kernel for all
+    tensors instead of a few per tensor, 3x faster on small models.
     """
     optimizer = _choose("train.optimizer", config.train.optimizer, OPTIMIZERS)
     options: dict[str, object] = {"lr": config.train.lr}
+    if config.train.weight_decay:
+        options["weight_decay"] = config.train.weight_decay
     if optimizer is torch.optim.Adam and _fused_adam_supported(learner):
         options["fused"] = True
     return optimizer(learner.parameters(), **options)

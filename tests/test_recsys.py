@@ -13,11 +13,12 @@ import pytest
 import torch
 from test_movielens import USERS, write_movielens
 
+import fastadapt
 from fastadapt.algorithms.maml import MAML
 from fastadapt.cli import main
 from fastadapt.config import load_preset
 from fastadapt.datasets.movielens import load_movielens
-from fastadapt.engine.build import build_learner, build_optimizer
+from fastadapt.engine.build import build_learner, build_optimizer, initialise_from_data
 from fastadapt.errors import ConfigError
 from fastadapt.recsys.cold_start import NEW, PARTITIONS, TEST, TRAIN, VAL, cold_start_split
 from fastadapt.recsys.mean_rating import MeanRating, item_means
@@ -211,14 +212,17 @@ def test_item_prior_and_weight_decay_from_the_configuration(root):
     )
     plain = build_learner(config.override(["model.item_prior=false"]))
     assert plain.model.item_prior is None and plain.model.decision[-1].bias.item() == 3.0
-    with_prior = build_learner(
-        config.override(["model.item_prior=true", "model.item_prior_shrinkage=0"])
-    )
+    exact = config.override(["model.item_prior=true", "model.item_prior_shrinkage=0"])
+    with_prior = build_learner(exact)  # no data read: a placeholder until training starts
+    assert with_prior.model.item_prior.eq(3.0).all()
     data = load_movielens("movielens-100k", root)
     split = cold_start_split(data, config.data.split_seed)
     train = UserTasks(data, split, "train", config.task.shots, config.task.queries, 0)
+    initialise_from_data(exact, with_prior, train)
     means = MeanRating.fit(train, per_item=True).means
     assert torch.allclose(with_prior.model.item_prior[: len(means)], means)
+    initialise_from_data(exact, plain, train)  # nothing to do without a prior
+    assert plain.model.item_prior is None
     optimizer = build_optimizer(config.override(["train.weight_decay=0.01"]), plain)
     assert optimizer.param_groups[0]["weight_decay"] == 0.01
     with pytest.raises(ConfigError, match=r"model\.item_prior is an option of model\.kind=melu"):
@@ -273,6 +277,8 @@ def test_train_eval_and_recommend_for_a_new_user(trained, tmp_path, capsys):
     assert len(ranked) == 3 and {r[1] for r in ranked}.isdisjoint({"1", "2", "7", "9"})
     scores = [float(r[-1]) for r in ranked]
     assert scores == sorted(scores, reverse=True)
+    prior = fastadapt.load(run).learner.model.item_prior  # the preset's, set by training
+    assert prior is not None and prior.ne(3.0).any()
 
 
 @pytest.mark.parametrize(

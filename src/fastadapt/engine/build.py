@@ -5,7 +5,6 @@ Adding a task family, a model or an algorithm is one builder function and one re
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -162,12 +161,9 @@ def _melu(config: RunConfig, in_features: int, out_features: int | None) -> nn.M
             f"{sorted(RATINGS)}, got {config.task.family!r}."
         )
     num_items = VARIANTS[config.task.family].max_item_id
-    prior = None
-    if config.model.item_prior:  # the training users' ratings, a pure function of the data
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)  # users left out: said by training
-            train = build_task_family(config, "train")
-        prior = item_means(train, num_items + 1, config.model.item_prior_shrinkage)
+    # The prior's placeholder, the middle of the scale; training starts by setting it to the item
+    # means (initialise_from_data) and a checkpoint restores it, so that building needs no data.
+    prior = torch.full((num_items + 1,), 3.0) if config.model.item_prior else None
     return MeLU(num_items, config.model.embedding_dim, config.model.hidden, item_prior=prior)
 
 
@@ -307,6 +303,18 @@ OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {
     "adam": torch.optim.Adam,
     "sgd": torch.optim.SGD,
 }
+
+
+def initialise_from_data(config: RunConfig, learner: MetaLearner, train: TaskFamily) -> None:
+    """The data-dependent part of a fresh learner's initialisation, from the training tasks
+    ``train``: MeLU's item prior (``model.item_prior``), each item's shrunk mean training
+    rating (:func:`~fastadapt.recsys.mean_rating.item_means`). Nothing for other models."""
+    model = getattr(learner, "model", None)
+    if isinstance(model, MeLU) and model.item_prior is not None:
+        if not isinstance(train, UserTasks):
+            raise ConfigError("model.item_prior needs rating tasks (a MovieLens task.family).")
+        prior = item_means(train, len(model.item_prior), config.model.item_prior_shrinkage)
+        model.set_item_prior(prior)
 
 
 def build_optimizer(config: RunConfig, learner: MetaLearner) -> torch.optim.Optimizer:

@@ -76,7 +76,8 @@ class MeLU(nn.Module):
             un-adapted ratings are near 0 and whose first local update must carry them to the
             scale.)
         item_prior: a rating per item token ``[num_items + 1]`` (token 0: unknown items), e.g.
-            the shrunk mean training rating of :func:`~fastadapt.recsys.mean_rating.item_means`.
+            the shrunk mean training rating of :func:`~fastadapt.recsys.mean_rating.item_means`
+            (``model.item_prior``: training sets it, :meth:`set_item_prior`).
             The network then predicts each rating as a correction of the item's prior, Eq. 3
             plus a constant: ``ŷ_ij = prior_j + W_oᵀ x_N + b_o``, with ``b_o`` starting at 0,
             so that training starts from the per-item mean rather than having to learn it
@@ -101,15 +102,23 @@ class MeLU(nn.Module):
         cardinalities = (*USER_CARDINALITIES, YEAR_CARDINALITY, num_items + 1)
         self.embedding = FeatureEmbedding(cardinalities, len(GENRES), embedding_dim)
         self.decision = MLP(self.embedding.out_features, hidden, 1)
-        if item_prior is not None and tuple(item_prior.shape) != (num_items + 1,):
-            raise ValueError(
-                f"item_prior must hold one rating per item token, shape ({num_items + 1},), "
-                f"got {tuple(item_prior.shape)}."
-            )
-        self.register_buffer(
-            "item_prior", None if item_prior is None else item_prior.detach().float().clone()
-        )
+        self.register_buffer("item_prior", None)
+        if item_prior is not None:
+            self.item_prior = torch.empty(num_items + 1)
+            self.set_item_prior(item_prior)
         nn.init.constant_(self.decision[-1].bias, 0.0 if item_prior is not None else output_bias)
+
+    def set_item_prior(self, prior: torch.Tensor) -> None:
+        """Replace the item prior (in place: it keeps its device) of a model built with one."""
+        if self.item_prior is None:
+            raise ValueError("this MeLU was built without an item prior; pass item_prior.")
+        if prior.shape != self.item_prior.shape:
+            raise ValueError(
+                f"item_prior must hold one rating per item token, shape "
+                f"{tuple(self.item_prior.shape)}, got {tuple(prior.shape)}."
+            )
+        with torch.no_grad():
+            self.item_prior.copy_(prior)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Ratings ``[..., 1]`` of rating rows ``x`` ``[..., len(FEATURES)]`` (Eqs. 1-3)."""

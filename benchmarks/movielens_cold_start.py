@@ -6,14 +6,18 @@ items divided by time into existing and new (``fastadapt.recsys.cold_start``), a
 ratings as the support set and all the others as the query set. Methods:
 
 - global mean and per-item mean of the training ratings (non-adaptive, closed form);
-- global model: the MeLU network trained on every training rating without adaptation
-  (``algorithm.name=pretrained``), scored as is (non-adaptive) and fine-tuned on each user's
-  support set (``FINE_TUNE`` steps on its decision layers);
+- global model: the MeLU network (with the preset's per-item prior) trained on every training
+  rating without adaptation (``algorithm.name=pretrained``), scored as is (non-adaptive) and
+  fine-tuned on each user's support set (gradient descent on its decision layers, the rate and
+  number of steps of ``FINE_TUNE_RATES`` x ``FINE_TUNE_STEPS`` with the lowest validation MAE);
 - MeLU: MAML whose local update adapts the decision layers (the preset);
 - MAML on the whole network, and ANIL (the output layer only).
 
-Each trained method is a run of ``fastadapt train`` whose best validation checkpoint is
-evaluated on the four test partitions (``fastadapt eval --set eval.partition=...``). Prints one
+Each meta-learned method is trained once per local-update step size of ``INNER_LRS`` and the
+run with the lowest validation MAE is kept: every method gets the same tuning, on the
+validation users only. Each trained method is a run of ``fastadapt train`` whose best
+validation checkpoint is evaluated on the four test partitions
+(``fastadapt eval --set eval.partition=...``). Prints one
 markdown table (MAE, RMSE, nDCG@1, nDCG@3 as mean ± 95% CI over the test users), the target
 check (MeLU's MAE on new users against the best non-adaptive baseline), and writes
 ``benchmarks/results/movielens_cold_start.json``. Run it again to re-evaluate: finished runs
@@ -38,6 +42,7 @@ from _report import machine, write_json
 
 from fastadapt.config import RunConfig, load_preset
 from fastadapt.engine.build import build_task_family, task_count
+from fastadapt.engine.checkpoint import load_checkpoint
 from fastadapt.engine.evaluate import estimates_to_json, evaluate
 from fastadapt.engine.run import evaluate_run, train_run
 from fastadapt.io.atomic import atomic_write_text
@@ -46,43 +51,72 @@ from fastadapt.recsys.mean_rating import MeanRating
 
 PRESET = "movielens100k-melu"
 METRICS = {"mae": "MAE", "rmse": "RMSE", "ndcg1": "nDCG@1", "ndcg3": "nDCG@3"}
-#: Fine-tuning of the global model: steps of gradient descent on its decision layers, and rate.
-FINE_TUNE = (10, 0.01)
+#: Local-update step sizes α tried for each meta-learned method (MeLU, MAML, ANIL): one run
+#: each, and the run whose best checkpoint has the lowest MAE on the validation users is used.
+INNER_LRS = (0.02, 0.05, 0.1)
+#: Fine-tuning of the global model on a user's support set (gradient descent on its decision
+#: layers): every rate x step count is scored on the validation users and the best is used.
+FINE_TUNE_RATES = (0.003, 0.01, 0.03, 0.1)
+FINE_TUNE_STEPS = (1, 2, 5, 10, 20)
+#: The global model: trained without adaptation, its checkpoint chosen on the validation MAE
+#: after 10 fine-tuning steps at 0.01 (then its fine-tuning is chosen as above).
+GLOBAL_MODEL = [
+    "algorithm.name=pretrained",
+    "eval.inner_steps=10",
+    "eval.inner_lr=0.01",
+    "eval.report_steps=[0, 10]",
+]
 QUICK = ["train.steps=30", "train.val_every=10", "train.checkpoint_every=30"]
 
 
-def trained_methods(config: RunConfig) -> dict[str, tuple[str, list[str], str]]:
-    """Method name -> (run folder name, overrides of the preset, metric suffix)."""
+def meta_methods(config: RunConfig) -> dict[str, tuple[str, list[str]]]:
+    """Meta-learned method name -> (run folder name, overrides of the preset)."""
     output_layer = f"decision.{2 * len(config.model.hidden)}"
-    steps, rate = FINE_TUNE
-    pretrained = [
-        "algorithm.name=pretrained",
-        f"eval.inner_steps={steps}",
-        f"eval.inner_lr={rate}",
-        f"eval.report_steps=[0, {steps}]",
-    ]
-    melu_steps = config.eval.inner_steps
     return {
-        "global model (no adaptation)": ("global-model", pretrained, "@0"),
-        f"global model fine-tuned ({steps} steps)": ("global-model", pretrained, f"@{steps}"),
-        "MeLU (decision layers adapted)": ("melu", [], f"@{melu_steps}"),
-        "MAML (whole network adapted)": ("maml", ["algorithm.adapt=[]"], f"@{melu_steps}"),
-        "ANIL (output layer adapted)": (
-            "anil",
-            [f"algorithm.adapt=['{output_layer}']"],
-            f"@{melu_steps}",
-        ),
+        "MeLU (decision layers adapted)": ("melu", []),
+        "MAML (whole network adapted)": ("maml", ["algorithm.adapt=[]"]),
+        "ANIL (output layer adapted)": ("anil", [f"algorithm.adapt=['{output_layer}']"]),
     }
 
 
 def train_and_evaluate(
-    config: RunConfig, out: Path, progress: bool
+    config: RunConfig, out: Path, progress: bool, evaluation: list[str] | None = None
 ) -> tuple[dict[str, dict[str, Any]], float | None]:
-    """Train (or resume) one run, then evaluate it on every partition; also its training time."""
+    """Train (or resume) one run, then evaluate it on every partition (with the ``eval.*``
+    overrides ``evaluation``); also its training time."""
+    train(config, out, progress)
+    records = {
+        p: evaluate_run(out, overrides=[*(evaluation or []), f"eval.partition={p}"])
+        for p in TEST_PARTITIONS
+    }
+    return records, load_checkpoint(out / "checkpoints" / "last.pt").train_seconds
+
+
+def train(config: RunConfig, out: Path, progress: bool) -> float:
+    """Train (or resume) one run; its best validation MAE (the checkpoint evaluated)."""
     resume = (out / "checkpoints" / "last.pt").is_file()
-    record = train_run(config, out, resume=resume, progress=progress)
-    records = {p: evaluate_run(out, overrides=[f"eval.partition={p}"]) for p in TEST_PARTITIONS}
-    return records, record.get("train_seconds")
+    train_run(config, out, resume=resume, progress=progress)
+    return load_checkpoint(out / "checkpoints" / "best.pt").best["value"]
+
+
+def choose_fine_tuning(run: Path) -> tuple[tuple[float, int], dict[str, float]]:
+    """The global model's fine-tuning (rate, steps) with the lowest validation MAE, and the
+    validation MAE of every candidate (``"rate@steps"``)."""
+    scores: dict[tuple[float, int], float] = {}
+    for rate in FINE_TUNE_RATES:
+        record = evaluate_run(
+            run,
+            overrides=[
+                "eval.partition=val",
+                f"eval.inner_lr={rate}",
+                f"eval.inner_steps={max(FINE_TUNE_STEPS)}",
+                f"eval.report_steps={list(FINE_TUNE_STEPS)}",
+            ],
+        )
+        for steps in FINE_TUNE_STEPS:
+            scores[rate, steps] = record["metrics"][f"mae@{steps}"]["mean"]
+    best = min(scores, key=scores.__getitem__)
+    return best, {f"{rate}@{steps}": value for (rate, steps), value in scores.items()}
 
 
 def mean_baselines(config: RunConfig) -> dict[str, dict[str, dict[str, Any]]]:
@@ -98,6 +132,27 @@ def mean_baselines(config: RunConfig) -> dict[str, dict[str, dict[str, Any]]]:
             estimates = evaluate(model, family.batch, count, config.eval.batch)
             results[name][partition] = estimates_to_json(estimates)
     return results
+
+
+def method_rows(
+    name: str,
+    run: Path,
+    records: dict[str, dict[str, Any]],
+    seconds: float | None,
+    suffix: str,
+) -> list[dict[str, Any]]:
+    """The table rows of one method, one per partition, from its metrics named ``*suffix``."""
+    return [
+        {
+            "method": name,
+            "partition": partition,
+            "metrics": {m: record["metrics"][m + suffix] for m in METRICS},
+            "train_seconds": seconds,
+            "run": str(run),
+            "protocol": record["protocol"],
+        }
+        for partition, record in records.items()
+    ]
 
 
 def main() -> None:
@@ -116,26 +171,37 @@ def main() -> None:
     for name, per_partition in mean_baselines(base).items():
         for partition, metrics in per_partition.items():
             rows.append({"method": name, "partition": partition, "metrics": metrics})
-    runs: dict[str, tuple[dict[str, dict[str, Any]], float | None]] = {}
-    for name, (folder, overrides, suffix) in trained_methods(base).items():
-        if folder not in runs:
-            config = base.override(overrides)
-            runs[folder] = train_and_evaluate(config, args.out / folder, args.progress)
-        records, seconds = runs[folder]
-        for partition, record in records.items():
-            metrics = {m: record["metrics"][m + suffix] for m in METRICS}
-            rows.append(
-                {
-                    "method": name,
-                    "partition": partition,
-                    "metrics": metrics,
-                    "train_seconds": seconds,
-                    "run": str(args.out / folder),
-                    "protocol": record["protocol"],
-                }
-            )
+    choices: dict[str, Any] = {}
+    folder, config = args.out / "global-model", base.override(GLOBAL_MODEL)
+    train(config, folder, args.progress)
+    (rate, steps), scores = choose_fine_tuning(folder)
+    choices["global model fine-tuned"] = {"chosen": f"{steps} steps at α={rate}", "val_mae": scores}
+    evaluation = [
+        f"eval.inner_lr={rate}",
+        f"eval.inner_steps={steps}",
+        f"eval.report_steps=[0, {steps}]",
+    ]
+    records, seconds = train_and_evaluate(config, folder, args.progress, evaluation)
+    rows += method_rows("global model (no adaptation)", folder, records, seconds, "@0")
+    name = f"global model fine-tuned ({steps} steps, α={rate})"
+    rows += method_rows(name, folder, records, seconds, f"@{steps}")
 
-    print(f"MovieLens-100K cold start, preset {PRESET} ({base.train.steps} steps per method)")
+    for name, (prefix, overrides) in meta_methods(base).items():
+        val_mae: dict[str, float] = {}
+        for rate in INNER_LRS:
+            config = base.override([*overrides, f"algorithm.inner_lr={rate}"])
+            val_mae[str(rate)] = train(config, args.out / f"{prefix}-lr{rate}", args.progress)
+        rate = min(INNER_LRS, key=lambda r: val_mae[str(r)])
+        choices[name] = {"chosen": f"α={rate}", "val_mae": val_mae}
+        config = base.override([*overrides, f"algorithm.inner_lr={rate}"])
+        folder = args.out / f"{prefix}-lr{rate}"
+        records, seconds = train_and_evaluate(config, folder, args.progress)
+        rows += method_rows(name, folder, records, seconds, f"@{base.eval.inner_steps}")
+
+    print(f"MovieLens-100K cold start, preset {PRESET} ({base.train.steps} steps per run)")
+    for name, choice in choices.items():
+        tried = ", ".join(f"{k}: {v:.4f}" for k, v in choice["val_mae"].items())
+        print(f"{name}: {choice['chosen']}, chosen on validation MAE ({tried})")
     header = ["partition", "method", *METRICS.values(), "users", "training"]
     print("| " + " | ".join(header) + " |")
     print("|" + "---|" * len(header))
@@ -162,7 +228,7 @@ def main() -> None:
         "preset": PRESET,
         "settings": settings,
         "config": base.to_dict(),
-        "fine_tune": {"steps": FINE_TUNE[0], "inner_lr": FINE_TUNE[1]},
+        "choices": choices,
         "rows": rows,
         "target": target,
         "machine": machine(),

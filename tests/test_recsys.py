@@ -13,12 +13,15 @@ import pytest
 import torch
 from test_movielens import USERS, write_movielens
 
+import fastadapt
 from fastadapt.algorithms.maml import MAML
 from fastadapt.cli import main
+from fastadapt.config import load_preset
 from fastadapt.datasets.movielens import load_movielens
+from fastadapt.engine.build import build_learner, build_optimizer, initialise_from_data
 from fastadapt.errors import ConfigError
 from fastadapt.recsys.cold_start import NEW, PARTITIONS, TEST, TRAIN, VAL, cold_start_split
-from fastadapt.recsys.mean_rating import MeanRating
+from fastadapt.recsys.mean_rating import MeanRating, item_means
 from fastadapt.recsys.melu import MeLU
 from fastadapt.recsys.user_tasks import ITEM_COLUMN, UserTasks, item_tokens, rating_features
 
@@ -157,6 +160,77 @@ def test_mean_baselines_are_the_training_means(data):
     assert (batch.query_x[..., ITEM_COLUMN] == 0).all()  # new items: the global mean
 
 
+@pytest.mark.filterwarnings("ignore:.*are left out")
+def test_item_means_are_shrunk_toward_the_global_mean(data):
+    split = cold_start_split(data)
+    train = UserTasks(data, split, "train", shots=3, queries=50, seed=0, shuffle=True)
+    rows = split.ratings(data, "train")
+    overall = data.rating[rows].mean()
+    size = int(data.item_ids.max()) + 1
+    item = np.unique(data.rating_item[rows])[0]
+    ratings = data.rating[rows][data.rating_item[rows] == item]
+    token = data.item_ids[item]
+    for shrinkage in (0.0, 5.0):
+        means = item_means(train, size, shrinkage)
+        expected = (ratings.sum() + shrinkage * overall) / (len(ratings) + shrinkage)
+        assert means.shape == (size,) and means[token].item() == pytest.approx(expected)
+        assert means[0].item() == pytest.approx(overall)  # the unknown item: never rated
+    assert torch.allclose(
+        item_means(train, size)[: len(MeanRating.fit(train, per_item=True).means)],
+        MeanRating.fit(train, per_item=True).means,
+    )
+    with pytest.raises(ValueError, match="leaves out item token"):
+        item_means(train, 2)
+    with pytest.raises(ValueError, match="shrinkage must be >= 0"):
+        item_means(train, size, -1.0)
+
+
+def test_melu_with_an_item_prior_predicts_corrections_of_it():
+    prior = torch.arange(31, dtype=torch.float32) / 10 + 1
+    model = MeLU(num_items=30, embedding_dim=4, hidden=[8], item_prior=prior)
+    assert model.decision[-1].bias.item() == 0.0
+    assert "item_prior" in model.state_dict()  # saved with the model
+    assert "item_prior" not in dict(model.named_parameters())  # neither trained nor adapted
+    x = torch.zeros(3, 24)
+    x[:, ITEM_COLUMN] = torch.tensor([0.0, 7, 30])
+    correction = model.decision(model.embedding(x))
+    assert torch.allclose(model(x), correction + prior[[0, 7, 30]].unsqueeze(1))
+    learner = MAML(model, problem="rating", adapt=["decision"], inner_lr=0.05)
+    y = torch.full((1, 3, 1), 5.0)
+    before = learner.task_losses(learner._forward_tasks({}, x[None]), y)
+    *_, adapted = learner._inner_loop(x[None], y, 1, training=False)
+    after = learner.task_losses(learner._forward_tasks(adapted, x[None]), y)
+    assert after.item() < before.item()  # the local update moves the predictions toward 5
+    with pytest.raises(ValueError, match="one rating per item token"):
+        MeLU(num_items=30, embedding_dim=4, hidden=[8], item_prior=torch.zeros(30))
+
+
+@pytest.mark.filterwarnings("ignore:.*are left out")
+def test_item_prior_and_weight_decay_from_the_configuration(root):
+    config = load_preset("movielens100k-melu").override(
+        [f"data.root='{root}'", "model.embedding_dim=4", "model.hidden=[8]"]
+    )
+    plain = build_learner(config.override(["model.item_prior=false"]))
+    assert plain.model.item_prior is None and plain.model.decision[-1].bias.item() == 3.0
+    exact = config.override(["model.item_prior=true", "model.item_prior_shrinkage=0"])
+    with_prior = build_learner(exact)  # no data read: a placeholder until training starts
+    assert with_prior.model.item_prior.eq(3.0).all()
+    data = load_movielens("movielens-100k", root)
+    split = cold_start_split(data, config.data.split_seed)
+    train = UserTasks(data, split, "train", config.task.shots, config.task.queries, 0)
+    initialise_from_data(exact, with_prior, train)
+    means = MeanRating.fit(train, per_item=True).means
+    assert torch.allclose(with_prior.model.item_prior[: len(means)], means)
+    initialise_from_data(exact, plain, train)  # nothing to do without a prior
+    assert plain.model.item_prior is None
+    optimizer = build_optimizer(config.override(["train.weight_decay=0.01"]), plain)
+    assert optimizer.param_groups[0]["weight_decay"] == 0.01
+    with pytest.raises(ConfigError, match=r"model\.item_prior is an option of model\.kind=melu"):
+        config.override(["model.kind=mlp", "model.item_prior=true"])
+    with pytest.raises(ConfigError, match=r"train\.weight_decay must be >= 0"):
+        config.override(["train.weight_decay=-1"])
+
+
 TINY = [
     "task.shots=3",
     "eval.shots=3",
@@ -203,6 +277,8 @@ def test_train_eval_and_recommend_for_a_new_user(trained, tmp_path, capsys):
     assert len(ranked) == 3 and {r[1] for r in ranked}.isdisjoint({"1", "2", "7", "9"})
     scores = [float(r[-1]) for r in ranked]
     assert scores == sorted(scores, reverse=True)
+    prior = fastadapt.load(run).learner.model.item_prior  # the preset's, set by training
+    assert prior is not None and prior.ne(3.0).any()
 
 
 @pytest.mark.parametrize(

@@ -69,6 +69,12 @@ class ModelConfig:
     ceil_mode: bool = False
     dropout: float = 0.0
     embedding_dim: int = 32
+    item_prior: bool = False
+    """``model.kind=melu``: predict corrections of each item's shrunk mean training rating
+    (:class:`~fastadapt.recsys.melu.MeLU`'s ``item_prior``)."""
+    item_prior_shrinkage: float = 5.0
+    """Pseudo-ratings of the global mean in each item's prior
+    (:func:`~fastadapt.recsys.mean_rating.item_means`)."""
 
 
 @dataclass
@@ -103,6 +109,7 @@ class TrainConfig:
     lr_decay: float = 1.0
     lr_decay_every: int | None = None
     lr_schedule: str = "step"
+    weight_decay: float = 0.0
     task_chunk: int | None = None
     val_every: int = 1000
     val_tasks: int = 100
@@ -291,6 +298,21 @@ class RunConfig:
             raise ConfigError(
                 "eval.later_lr_scale applies to meta-RL families only "
                 f"({', '.join(RL_FAMILIES)}), not {self.task.family!r}; leave it at 1."
+            )
+        if self.model.item_prior and self.model.kind != "melu":
+            raise ConfigError(
+                f"model.item_prior is an option of model.kind=melu, not {self.model.kind!r}; "
+                "remove it."
+            )
+        if not self.model.item_prior_shrinkage >= 0.0:
+            raise ConfigError(
+                "model.item_prior_shrinkage must be >= 0, got "
+                f"{self.model.item_prior_shrinkage!r}; e.g. --set model.item_prior_shrinkage=5."
+            )
+        if not self.train.weight_decay >= 0.0:
+            raise ConfigError(
+                f"train.weight_decay must be >= 0, got {self.train.weight_decay!r}; "
+                "e.g. --set train.weight_decay=1e-4."
             )
         if not 0.0 <= self.model.dropout < 1.0:
             raise ConfigError(

@@ -29,6 +29,7 @@ from fastadapt.nn.conv4 import Conv4
 from fastadapt.nn.mlp import MLP
 from fastadapt.nn.resnet12 import ResNet12
 from fastadapt.recsys.cold_start import cold_start_split
+from fastadapt.recsys.mean_rating import item_means
 from fastadapt.recsys.melu import MeLU
 from fastadapt.recsys.user_tasks import FEATURES, UserTasks
 from fastadapt.tasks.sampler import FewShotSampler
@@ -160,7 +161,10 @@ def _melu(config: RunConfig, in_features: int, out_features: int | None) -> nn.M
             f"{sorted(RATINGS)}, got {config.task.family!r}."
         )
     num_items = VARIANTS[config.task.family].max_item_id
-    return MeLU(num_items, config.model.embedding_dim, config.model.hidden)
+    # The prior's placeholder, the middle of the scale; training starts by setting it to the item
+    # means (initialise_from_data) and a checkpoint restores it, so that building needs no data.
+    prior = torch.full((num_items + 1,), 3.0) if config.model.item_prior else None
+    return MeLU(num_items, config.model.embedding_dim, config.model.hidden, item_prior=prior)
 
 
 MODELS: dict[str, Callable[[RunConfig, int, int | None], nn.Module]] = {
@@ -301,14 +305,30 @@ OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {
 }
 
 
+def initialise_from_data(config: RunConfig, learner: MetaLearner, train: TaskFamily) -> None:
+    """The data-dependent part of a fresh learner's initialisation, from the training tasks
+    ``train``: MeLU's item prior (``model.item_prior``), each item's shrunk mean training
+    rating (:func:`~fastadapt.recsys.mean_rating.item_means`). Nothing for other models."""
+    model = getattr(learner, "model", None)
+    if isinstance(model, MeLU) and model.item_prior is not None:
+        if not isinstance(train, UserTasks):
+            raise ConfigError("model.item_prior needs rating tasks (a MovieLens task.family).")
+        prior = item_means(train, len(model.item_prior), config.model.item_prior_shrinkage)
+        model.set_item_prior(prior)
+
+
 def build_optimizer(config: RunConfig, learner: MetaLearner) -> torch.optim.Optimizer:
     """The outer-loop optimizer over every parameter of the meta-learner.
 
-    Adam uses PyTorch's fused kernel where it exists (CUDA, and CPU from torch 2.4): one
-    kernel for all tensors instead of a few per tensor, 3x faster on small models.
+    ``train.weight_decay`` adds ``weight_decay · θ`` to every gradient (an L2 penalty of
+    ``weight_decay / 2 · ‖θ‖²``: PyTorch's ``weight_decay`` of Adam and SGD). Adam uses
+    PyTorch's fused kernel where it exists (CUDA, and CPU from torch 2.4): one kernel for all
+    tensors instead of a few per tensor, 3x faster on small models.
     """
     optimizer = _choose("train.optimizer", config.train.optimizer, OPTIMIZERS)
     options: dict[str, object] = {"lr": config.train.lr}
+    if config.train.weight_decay:
+        options["weight_decay"] = config.train.weight_decay
     if optimizer is torch.optim.Adam and _fused_adam_supported(learner):
         options["fused"] = True
     return optimizer(learner.parameters(), **options)

@@ -36,6 +36,7 @@ from fastadapt.engine.build import (
     build_learner,
     build_optimizer,
     build_task_family,
+    initialise_from_data,
     task_count,
 )
 from fastadapt.engine.calibration import CALIBRATION
@@ -111,6 +112,9 @@ def _train_run(
     if config.train.threads is not None:
         torch.set_num_threads(config.train.threads)
     learner = build_learner(config).to(device)
+    train_tasks = build_task_family(config, "train")
+    if checkpoint is None:  # a resumed run's checkpoint holds what the data gave
+        initialise_from_data(config, learner, train_tasks)
     optimizer = build_optimizer(config, learner)
     if distributed.is_main():
         atomic_write_text(out / "config.json", json.dumps(config.to_dict(), indent=2) + "\n")
@@ -133,7 +137,7 @@ def _train_run(
     trainer = Trainer(
         learner,
         optimizer,
-        build_task_family(config, "train"),
+        train_tasks,
         build_task_family(config, "val"),
         schedule,
         out,

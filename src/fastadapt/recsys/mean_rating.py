@@ -4,6 +4,7 @@ per item.
 The global mean predicts every rating as the mean of all training ratings; the per-item mean
 predicts an item's mean training rating, and the global mean for items without one (new items).
 Neither looks at a user's support ratings: they show how much a method gains by adapting.
+:func:`item_means` also gives MeLU its optional per-item prior (``model.item_prior``).
 """
 
 from __future__ import annotations
@@ -13,6 +14,28 @@ import torch
 from fastadapt.algorithms.base import LossOutput, MetaLearner, Predictor
 from fastadapt.recsys.user_tasks import ITEM_COLUMN, UserTasks
 from fastadapt.tasks.task import TaskBatch
+
+
+def item_means(train: UserTasks, size: int, shrinkage: float = 0.0) -> torch.Tensor:
+    """The mean training rating of each item token ``[size]`` (float32), shrunk toward the
+    global mean by ``shrinkage`` pseudo-ratings: ``(Σ_u r_uj + λ·μ) / (n_j + λ)``, so that an
+    item rated by few training users stays near the global mean ``μ``. Tokens never rated in
+    ``train`` (0, the unknown item, among them) get ``μ``.
+
+    Raises:
+        ValueError: ``shrinkage`` is negative or ``size`` leaves out a token of ``train``.
+    """
+    if shrinkage < 0:
+        raise ValueError(f"shrinkage must be >= 0, got {shrinkage!r}.")
+    x, y = train.examples
+    tokens, ratings = x[:, ITEM_COLUMN].long(), y[:, 0].double()
+    if int(tokens.max()) >= size:
+        raise ValueError(f"size {size} leaves out item token {int(tokens.max())} of the ratings.")
+    overall = ratings.mean()
+    sums = torch.zeros(size, dtype=torch.float64).index_add_(0, tokens, ratings)
+    counts = torch.zeros(size, dtype=torch.float64).index_add_(0, tokens, torch.ones_like(ratings))
+    means = (sums + shrinkage * overall) / (counts + shrinkage).clamp(min=1e-12)
+    return torch.where(counts > 0, means, overall).float()
 
 
 class MeanRating(MetaLearner):
@@ -31,14 +54,10 @@ class MeanRating(MetaLearner):
     def fit(cls, train: UserTasks, *, per_item: bool) -> MeanRating:
         """The means of the ratings of ``train`` (every rating of its partition): per item
         token if ``per_item``, else one global mean for all."""
-        x, y = train.examples
-        tokens, ratings = x[:, ITEM_COLUMN].long(), y[:, 0].double()
-        overall = ratings.mean()
-        means = torch.full((int(tokens.max()) + 1,), overall.item(), dtype=torch.float64)
-        if per_item:
-            sums = torch.zeros_like(means).index_add_(0, tokens, ratings)
-            counts = torch.zeros_like(means).index_add_(0, tokens, torch.ones_like(ratings))
-            means = torch.where(counts > 0, sums / counts.clamp(min=1), overall)
+        size = int(train.examples[0][:, ITEM_COLUMN].max()) + 1
+        means = item_means(train, size)
+        if not per_item:
+            means = torch.full_like(means, train.examples[1].double().mean().item())
         return cls(means)
 
     def adapt(self, support_x: torch.Tensor, support_y: torch.Tensor) -> Predictor:

@@ -19,7 +19,6 @@ director, actors), which the GroupLens files lack; the item token stands in for 
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from collections.abc import Sequence
 
 import torch
@@ -27,6 +26,7 @@ from torch import nn
 
 from fastadapt.datasets.movielens import GENRES, USER_CARDINALITIES, YEAR_CARDINALITY
 from fastadapt.nn.mlp import MLP
+from fastadapt.recsys.user_tasks import ITEM_COLUMN
 
 
 class FeatureEmbedding(nn.Module):
@@ -63,20 +63,32 @@ class FeatureEmbedding(nn.Module):
         return torch.cat(parts, dim=-1)
 
 
-class MeLU(nn.Sequential):
+class MeLU(nn.Module):
     """The user preference estimator: ``embedding`` (θ1), then ``decision`` (θ2).
 
     Args:
         num_items: the largest item token (the dataset's largest MovieLens item id).
         embedding_dim: ``d_e`` of every embedding (32 in the paper).
         hidden: sizes of the decision-making layers (two of 64 in the paper).
-        output_bias: the initial bias ``b_o`` of the output layer, the middle of the 1-5
-            scale by default, so that training starts from plausible ratings. (The paper does
-            not say; from 0, MAML learns an initialisation whose un-adapted ratings are near 0
-            and whose first local update must carry them to the scale.)
+        output_bias: the initial bias ``b_o`` of the output layer without ``item_prior``, the
+            middle of the 1-5 scale by default, so that training starts from plausible
+            ratings. (The paper does not say; from 0, MAML learns an initialisation whose
+            un-adapted ratings are near 0 and whose first local update must carry them to the
+            scale.)
+        item_prior: a rating per item token ``[num_items + 1]`` (token 0: unknown items), e.g.
+            the shrunk mean training rating of :func:`~fastadapt.recsys.mean_rating.item_means`
+            (``model.item_prior``: training sets it, :meth:`set_item_prior`).
+            The network then predicts each rating as a correction of the item's prior, Eq. 3
+            plus a constant: ``ŷ_ij = prior_j + W_oᵀ x_N + b_o``, with ``b_o`` starting at 0,
+            so that training starts from the per-item mean rather than having to learn it
+            through the item embeddings, and the local update of ``b_o`` is a user's offset
+            from it. The prior is a buffer: saved with the model, never trained or adapted.
+            (An addition to the paper, whose Eq. 3 has no such term.)
 
     Maps rating rows ``[n, len(FEATURES)]`` to predicted ratings ``[n, 1]``.
     """
+
+    item_prior: torch.Tensor | None
 
     def __init__(
         self,
@@ -84,9 +96,33 @@ class MeLU(nn.Sequential):
         embedding_dim: int = 32,
         hidden: Sequence[int] = (64, 64),
         output_bias: float = 3.0,
+        item_prior: torch.Tensor | None = None,
     ) -> None:
+        super().__init__()
         cardinalities = (*USER_CARDINALITIES, YEAR_CARDINALITY, num_items + 1)
-        embedding = FeatureEmbedding(cardinalities, len(GENRES), embedding_dim)
-        decision = MLP(embedding.out_features, hidden, 1)
-        nn.init.constant_(decision[-1].bias, output_bias)
-        super().__init__(OrderedDict(embedding=embedding, decision=decision))
+        self.embedding = FeatureEmbedding(cardinalities, len(GENRES), embedding_dim)
+        self.decision = MLP(self.embedding.out_features, hidden, 1)
+        self.register_buffer("item_prior", None)
+        if item_prior is not None:
+            self.item_prior = torch.empty(num_items + 1)
+            self.set_item_prior(item_prior)
+        nn.init.constant_(self.decision[-1].bias, 0.0 if item_prior is not None else output_bias)
+
+    def set_item_prior(self, prior: torch.Tensor) -> None:
+        """Replace the item prior (in place: it keeps its device) of a model built with one."""
+        if self.item_prior is None:
+            raise ValueError("this MeLU was built without an item prior; pass item_prior.")
+        if prior.shape != self.item_prior.shape:
+            raise ValueError(
+                f"item_prior must hold one rating per item token, shape "
+                f"{tuple(self.item_prior.shape)}, got {tuple(prior.shape)}."
+            )
+        with torch.no_grad():
+            self.item_prior.copy_(prior)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Ratings ``[..., 1]`` of rating rows ``x`` ``[..., len(FEATURES)]`` (Eqs. 1-3)."""
+        rating = self.decision(self.embedding(x))
+        if self.item_prior is not None:
+            rating = rating + self.item_prior[x[..., ITEM_COLUMN].long()].unsqueeze(-1)
+        return rating

@@ -146,13 +146,7 @@ def _train_run(
         progress,
         on_flush=(lambda: plot_learning_curves(out)) if plots else None,
     )
-    summary = trainer.fit(checkpoint)
-    extra = {
-        "train_seconds": summary.total_seconds,
-        "train_seconds_this_session": summary.seconds,
-        "best": summary.best,
-    }
-    return evaluate_run(out, extra=extra, plots=plots)
+    return evaluate_run(out, extra=trainer.fit(checkpoint).record(), plots=plots)
 
 
 def _open_run_folder(config: RunConfig, out: Path, resume: bool) -> Checkpoint | None:

@@ -78,6 +78,14 @@ class TrainSummary:
     total_seconds: float | None
     best: dict[str, Any]
 
+    def record(self) -> dict[str, Any]:
+        """What the evaluation record after training stores of it (``results.json``)."""
+        return {
+            "train_seconds": self.total_seconds,
+            "train_seconds_this_session": self.seconds,
+            "best": self.best,
+        }
+
 
 class Trainer:
     """Trains ``learner`` on ``train_tasks``, validating on fixed ``val_tasks``.

@@ -191,13 +191,7 @@ def train_rl_run(
         progress,
         on_flush=(lambda: plot_learning_curves(out)) if plots else None,
     )
-    summary = trainer.fit(checkpoint)
-    extra = {
-        "train_seconds": summary.total_seconds,
-        "train_seconds_this_session": summary.seconds,
-        "best": summary.best,
-    }
-    return evaluate_rl_run(out, extra=extra, plots=plots)
+    return evaluate_rl_run(out, extra=trainer.fit(checkpoint).record(), plots=plots)
 
 
 def evaluate_rl_run(

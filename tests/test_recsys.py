@@ -138,12 +138,18 @@ def test_melu_embeds_unknown_codes_as_zeros_and_adapts_its_decision_layers():
         model(torch.zeros(2, 23))
 
 
-@pytest.mark.filterwarnings("ignore:.*are left out")
-def test_mean_baselines_are_the_training_means(data):
+def _training_users(data):
+    """The cold-start split, its training users as tasks, the rows of their ratings and the
+    mean of those ratings."""
     split = cold_start_split(data)
     train = UserTasks(data, split, "train", shots=3, queries=50, seed=0, shuffle=True)
     rows = split.ratings(data, "train")
-    overall = data.rating[rows].mean()
+    return split, train, rows, data.rating[rows].mean()
+
+
+@pytest.mark.filterwarnings("ignore:.*are left out")
+def test_mean_baselines_are_the_training_means(data):
+    split, train, rows, overall = _training_users(data)
     per_item = MeanRating.fit(train, per_item=True)
     for item in np.unique(data.rating_item[rows])[:5]:
         expected = data.rating[rows][data.rating_item[rows] == item].mean()
@@ -162,10 +168,7 @@ def test_mean_baselines_are_the_training_means(data):
 
 @pytest.mark.filterwarnings("ignore:.*are left out")
 def test_item_means_are_shrunk_toward_the_global_mean(data):
-    split = cold_start_split(data)
-    train = UserTasks(data, split, "train", shots=3, queries=50, seed=0, shuffle=True)
-    rows = split.ratings(data, "train")
-    overall = data.rating[rows].mean()
+    _, train, rows, overall = _training_users(data)
     size = int(data.item_ids.max()) + 1
     item = np.unique(data.rating_item[rows])[0]
     ratings = data.rating[rows][data.rating_item[rows] == item]
@@ -175,10 +178,8 @@ def test_item_means_are_shrunk_toward_the_global_mean(data):
         expected = (ratings.sum() + shrinkage * overall) / (len(ratings) + shrinkage)
         assert means.shape == (size,) and means[token].item() == pytest.approx(expected)
         assert means[0].item() == pytest.approx(overall)  # the unknown item: never rated
-    assert torch.allclose(
-        item_means(train, size)[: len(MeanRating.fit(train, per_item=True).means)],
-        MeanRating.fit(train, per_item=True).means,
-    )
+    per_item = MeanRating.fit(train, per_item=True).means
+    assert torch.allclose(item_means(train, size)[: len(per_item)], per_item)
     with pytest.raises(ValueError, match="leaves out item token"):
         item_means(train, 2)
     with pytest.raises(ValueError, match="shrinkage must be >= 0"):

@@ -15,7 +15,7 @@ fastadapt's rows run with the interpreter that launches the script (the project'
 ``src/`` on ``PYTHONPATH``); the peers run with ``--peers-python``, the venv built by
 ``shared/peers/setup_venv.sh``. A peer that fails to import is reported as "not importable"
 rather than stopping the benchmark; a worker that fails later is reported as "failed". Every
-worker runs with the same fixed glibc allocator settings (:data:`_ALLOCATOR_ENV`).
+worker runs with the same fixed glibc allocator settings (:func:`_allocator_env`).
 """
 
 from __future__ import annotations
@@ -49,12 +49,22 @@ DEFAULT_PEERS_PYTHON = os.path.normpath(PROJECT_ROOT.parent / "peers-venv" / "bi
 DEFAULT_SHIMS_DIR = os.path.normpath(PROJECT_ROOT.parent / "shared" / "peers")
 OURS = "fastadapt"
 
-_ALLOCATOR_ENV = {"MALLOC_MMAP_THRESHOLD_": str(32 << 20), "MALLOC_TRIM_THRESHOLD_": str(1 << 30)}
-"""glibc's allocator settings for every worker. By default glibc serves large blocks with
-``mmap`` below a threshold it raises as blocks are freed, so whether a step's activations
-page-fault afresh on every step depends on each process's allocation history: identical code
-then differs by up to 1.5x between two processes. Fixed settings (blocks up to 32 MiB from the
-reusable heap) give every row the same, steady allocator."""
+
+def _allocator_env() -> dict[str, str]:
+    """glibc's allocator settings for every worker, the ones fastadapt's training applies
+    (:mod:`fastadapt.engine.host_memory`; imported here, in the orchestrator, because the
+    peers' workers run in a venv without fastadapt). By default glibc serves large blocks with
+    ``mmap`` below a threshold it raises as blocks are freed, so whether a step's activations
+    page-fault afresh on every step depends on each process's allocation history: identical
+    code then differs by up to 1.5x between two processes. Fixed settings give every row, the
+    peers' included, the same, steady allocator."""
+    from fastadapt.engine.host_memory import MMAP_THRESHOLD_BYTES, TRIM_THRESHOLD_BYTES
+
+    return {
+        "MALLOC_MMAP_THRESHOLD_": str(MMAP_THRESHOLD_BYTES),
+        "MALLOC_TRIM_THRESHOLD_": str(TRIM_THRESHOLD_BYTES),
+    }
+
 
 Step = Callable[[], torch.Tensor]
 """One timed step; returns the (detached) loss."""
@@ -198,7 +208,7 @@ class _Worker:
     """One implementation's worker subprocess, asked one command at a time."""
 
     def __init__(self, bench: Benchmark, name: str, python: str, args: argparse.Namespace) -> None:
-        env = {**os.environ, **_ALLOCATOR_ENV}
+        env = {**os.environ, **_allocator_env()}
         src = str(PROJECT_ROOT / "src")
         env["PYTHONPATH"] = os.pathsep.join(p for p in (src, env.get("PYTHONPATH")) if p)
         command = [python, bench.script, *bench.worker_args, "--worker", name]

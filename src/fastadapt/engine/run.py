@@ -42,6 +42,7 @@ from fastadapt.engine.build import (
 from fastadapt.engine.calibration import CALIBRATION
 from fastadapt.engine.checkpoint import Checkpoint, load_checkpoint
 from fastadapt.engine.evaluate import collect_task_metrics, estimates_to_json, summarise
+from fastadapt.engine.host_memory import retain_freed_host_memory
 from fastadapt.engine.plots import (
     load_pyplot,
     plot_learning_curves,
@@ -91,8 +92,10 @@ def train_run(
     (:mod:`fastadapt.engine.distributed`), each waiting at most ``timeout`` seconds for the
     others in any exchange; the processes must have the same configuration and fastadapt,
     ``train.meta_batch`` must be a multiple of their number, and ``resume`` works with any
-    number of processes.
+    number of processes. On Linux with glibc, it first keeps freed host memory for reuse
+    (:mod:`fastadapt.engine.host_memory`).
     """
+    retain_freed_host_memory()
     if config.task.family in RL_FAMILIES:
         return _rl_run().train_rl_run(config, out, resume=resume, progress=progress, plots=plots)
     if plots:
@@ -183,8 +186,9 @@ def evaluate_run(
     tasks, and rank 0 writes the record, the same one a single process writes (except
     ``eval_seconds``). Within a training job rank 0 reads the checkpoint for all; a job
     started to evaluate alone has every process read it (and wait ``timeout`` seconds at most
-    for the others).
+    for the others). Host memory as in :func:`train_run`.
     """
+    retain_freed_host_memory()
     if _rl_run().is_rl_run(run_dir):
         return _rl_run().evaluate_rl_run(
             run_dir, overrides=overrides, checkpoint=checkpoint, extra=extra, plots=plots

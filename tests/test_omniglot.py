@@ -17,6 +17,7 @@ from PIL import Image
 from fastadapt.cli import main
 from fastadapt.datasets import omniglot
 from fastadapt.datasets.omniglot import Omniglot, OmniglotError
+from fastadapt.datasets.registry import split_loader
 from fastadapt.errors import ConfigError
 from fastadapt.io.archives import ArchiveError
 from fastadapt.io.download import RemoteFile
@@ -213,6 +214,19 @@ def test_real_archives_give_the_published_counts(real_root):
     for index in range(10):
         classes, _ = batch_classes.episode(index)
         assert len({evaluation.class_names[c].split("/")[0] for c in classes}) == 1
+
+
+def test_the_trainval_split_trains_on_the_train_and_val_characters(real_root):
+    load = split_loader("omniglot", "vinyals-trainval")
+    train, val, test = (load(real_root, split, False) for split in ("train", "val", "test"))
+    standard = split_loader("omniglot", "")
+    assert train.num_classes == 4800
+    assert set(val.class_names) < set(train.class_names)
+    assert set(train.class_names) == set(standard(real_root, "train", False).class_names) | set(
+        val.class_names
+    )
+    assert test.class_names == standard(real_root, "test", False).class_names
+    assert not set(test.class_names) & set(train.class_names)
 
 
 def test_datasets_info_on_the_real_archives(real_root, capsys):

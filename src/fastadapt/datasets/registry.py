@@ -55,6 +55,13 @@ def _omniglot(root: Path, split: str, download: bool) -> ClassSet:
     return _omniglot_archives(root, download).vinyals(split)
 
 
+def _omniglot_vinyals_trainval(root: Path, split: str, download: bool) -> ClassSet:
+    """Snell et al.'s protocol (2017, §3.1): training on the Vinyals split's 1200 train and
+    validation characters; validation tasks then come from training classes, so they only
+    track the fit (``best.pt`` is no model selection); test classes unchanged."""
+    return _omniglot_archives(root, download).vinyals("trainval" if split == "train" else split)
+
+
 VERSA_CHARACTERS = (1100, 100, 423)
 """Train / val / test characters of VERSA's Omniglot split (Gordon et al. 2019), drawn at
 random (seed 0 here), each rotation a class of its own."""
@@ -91,7 +98,8 @@ def _tiered_imagenet(root: Path, split: str, download: bool) -> ClassSet:
 DATASETS: dict[str, DatasetEntry] = {
     "omniglot": DatasetEntry(
         "Lake et al. 2015: 1623 handwritten characters x 20 drawers; Vinyals split with "
-        "rotations as classes (4112 / 688 / 1692 classes); data.split=versa: VERSA's random "
+        "rotations as classes (4112 / 688 / 1692 classes); data.split=vinyals-trainval: trains on "
+        "train + val (4800 classes, Snell et al.); data.split=versa: VERSA's random "
         "1100 / 100 / 423 characters (4400 / 400 / 1692 classes)",
         "downloaded: images_background.zip, images_evaluation.zip (brendenlake/omniglot)",
         "omniglot",
@@ -99,7 +107,7 @@ DATASETS: dict[str, DatasetEntry] = {
         _omniglot,
         True,
         standard_split="vinyals",
-        other_splits={"versa": _omniglot_versa},
+        other_splits={"vinyals-trainval": _omniglot_vinyals_trainval, "versa": _omniglot_versa},
     ),
     "cifar-fs": DatasetEntry(
         "Bertinetto et al. 2019: CIFAR-100 fine classes split 64 / 16 / 20, 32x32 RGB",

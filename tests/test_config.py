@@ -74,6 +74,8 @@ def test_overrides_parse_toml_literals_and_round_trip():
         ("no-equals-sign", "expects key=value"),
         ("eval.later_lr_scale=0.5", "applies to meta-RL families only"),
         ("eval.later_lr_scale=0", "eval.later_lr_scale must be positive"),
+        ("eval.env_steps=4000", "eval.env_steps applies to meta-RL families only"),
+        ("eval.env_steps=0", "eval.env_steps must be positive"),
     ],
 )
 def test_bad_overrides_are_refused(assignment, message):

@@ -9,6 +9,7 @@ from torch.func import functional_call
 
 from fastadapt.rl.advantages import discounted_sum, gae
 from fastadapt.rl.baseline import baseline_features, fit_linear_baseline, linear_baseline
+from fastadapt.rl.episodes import rollout_budget
 from fastadapt.rl.maml_rl import MAMLRL
 from fastadapt.rl.nav2d import Navigation2D
 from fastadapt.rl.policy import GaussianMLPPolicy, gaussian_kl
@@ -171,3 +172,58 @@ def test_test_time_steps_after_the_first_take_the_later_step_size(monkeypatch):
     assert returns.shape == (4, 2) and len(samples) == 4
     learner.adaptation_returns(env, tasks, 2, 4, 0.1, torch.Generator().manual_seed(0))
     assert sizes[3:] == [0.1, 0.1]
+
+
+def _goal_seeking_policy() -> GaussianMLPPolicy:
+    """A small random policy (its episodes may end early near a close goal)."""
+    torch.manual_seed(0)
+    return GaussianMLPPolicy(2, 2, hidden=(8,))
+
+
+def test_a_step_budget_keeps_whole_episodes_until_the_budget_is_reached():
+    policy = _goal_seeking_policy()
+    env = Navigation2D(horizon=10)
+    tasks = torch.tensor([[0.05, 0.0], [0.4, -0.3], [0.0, 0.08]])
+    params = policy.task_params(3)
+    episodes = rollout_budget(
+        env, policy, params, tasks, 45, 4, torch.Generator().manual_seed(1), 40
+    )
+    lengths = episodes.mask.sum(dim=-1)
+    kept = episodes.mask[..., 0] > 0
+    for task in range(3):
+        task_lengths = lengths[task][kept[task]]
+        # Whole episodes, in order: every kept one started below the budget, together they
+        # reach it, and the ones after are masked out entirely.
+        assert task_lengths.sum() >= 45
+        assert task_lengths[:-1].sum() < 45
+        count = int(kept[task].sum())
+        assert kept[task][:count].all() and not kept[task][count:].any()
+        assert (lengths[task][count:] == 0).all()
+    # Episodes drawn past the budget are dropped; the mean return counts only kept ones.
+    assert kept.sum(dim=1).tolist() != [kept.shape[1]] * 3
+    expected = torch.stack([episodes.returns()[t][kept[t]].mean() for t in range(3)])
+    torch.testing.assert_close(episodes.mean_returns(), expected)
+    again = rollout_budget(env, policy, params, tasks, 45, 4, torch.Generator().manual_seed(1), 40)
+    torch.testing.assert_close(again.mask, episodes.mask)
+
+
+def test_a_step_budget_stops_at_the_trajectory_cap():
+    policy = _goal_seeking_policy()
+    env = Navigation2D(horizon=10)
+    tasks = torch.tensor([[0.4, 0.4]])
+    episodes = rollout_budget(
+        env, policy, policy.task_params(1), tasks, 10_000, 4, torch.Generator().manual_seed(0), 12
+    )
+    assert episodes.mask.shape[1] == 12 and bool((episodes.mask[..., 0] > 0).all())
+
+
+def test_evaluation_with_a_step_budget_adapts_on_the_kept_episodes():
+    learner, _ = _meta_batch()
+    env = Navigation2D(horizon=10)
+    tasks = env.sample_tasks(2, 0)
+    returns, samples = learner.adaptation_returns(
+        env, tasks, 2, 4, 0.1, torch.Generator().manual_seed(0), env_steps=30
+    )
+    assert returns.shape == (3, 2) and torch.isfinite(returns).all()
+    for episodes in samples:
+        assert (episodes.mask.sum(dim=(1, 2)) >= 30).all()

@@ -128,7 +128,10 @@ class EvalConfig:
     (``warm``, ``new-users``, ``new-items`` or ``new-both``), ignored by other families.
     ``later_lr_scale`` (meta-RL only) multiplies the step size of every test-time
     policy-gradient step after the first: the MAML paper halves it (Finn et al. 2017,
-    Appendix A.2), i.e. 0.5."""
+    Appendix A.2), i.e. 0.5. ``env_steps`` (meta-RL only) samples each test step as the
+    reference code's sampler does: whole episodes until at least that many environment steps
+    per task (:func:`fastadapt.rl.episodes.rollout_budget`); ``None``: ``rl.trajectories``
+    episodes per step."""
 
     ways: int = 5
     shots: int = 5
@@ -142,6 +145,7 @@ class EvalConfig:
     inner_batch: int | None = None
     partition: str = "new-users"
     later_lr_scale: float = 1.0
+    env_steps: int | None = None
 
 
 @dataclass
@@ -264,6 +268,7 @@ class RunConfig:
             "algorithm.inner_batch": self.algorithm.inner_batch,
             "eval.inner_lr": self.eval.inner_lr,
             "eval.inner_batch": self.eval.inner_batch,
+            "eval.env_steps": self.eval.env_steps,
         }
         positive.update({k: v for k, v in optional_positive.items() if v is not None})
         for key, value in positive.items():
@@ -295,11 +300,16 @@ class RunConfig:
                 f"rl.nav2d_reward must be one of {', '.join(NAV2D_REWARDS)}, got "
                 f"{self.rl.nav2d_reward!r}; e.g. --set rl.nav2d_reward=distance."
             )
-        if self.eval.later_lr_scale != 1.0 and self.task.family not in RL_FAMILIES:
-            raise ConfigError(
-                "eval.later_lr_scale applies to meta-RL families only "
-                f"({', '.join(RL_FAMILIES)}), not {self.task.family!r}; leave it at 1."
-            )
+        if self.task.family not in RL_FAMILIES:
+            for key, value, default in (
+                ("eval.later_lr_scale", self.eval.later_lr_scale, 1.0),
+                ("eval.env_steps", self.eval.env_steps, None),
+            ):
+                if value != default:
+                    raise ConfigError(
+                        f"{key} applies to meta-RL families only ({', '.join(RL_FAMILIES)}), "
+                        f"not {self.task.family!r}; leave it at {default}."
+                    )
         if self.model.item_prior and self.model.kind != "melu":
             raise ConfigError(
                 f"model.item_prior is an option of model.kind=melu, not {self.model.kind!r}; "

@@ -57,6 +57,12 @@ class Episodes:
         """The undiscounted return of each trajectory ``[B, N]``."""
         return (self.rewards * self.mask).sum(dim=-1)
 
+    def mean_returns(self) -> torch.Tensor:
+        """The mean return per task ``[B]`` over its sampled episodes (those whose first step
+        is unmasked; :func:`rollout_budget` masks whole episodes past its budget)."""
+        sampled = self.mask[..., 0]
+        return (self.returns() * sampled).sum(dim=1) / sampled.sum(dim=1).clamp_min(1)
+
 
 def rollout(
     env: TaskEnv,
@@ -92,3 +98,41 @@ def rollout(
             observation = next_observation
     observations, actions, rewards, mask = (torch.stack(parts, dim=2) for parts in zip(*steps))
     return Episodes(observations, actions, rewards, mask)
+
+
+def rollout_budget(
+    env: TaskEnv,
+    policy: GaussianMLPPolicy,
+    params: Mapping[str, torch.Tensor],
+    tasks: torch.Tensor,
+    env_steps: int,
+    round_size: int,
+    generator: torch.Generator,
+    max_trajectories: int,
+) -> Episodes:
+    """Whole episodes of each task until at least ``env_steps`` environment steps, the
+    sampler of the MAML reference code (rllab's ``sample_paths(max_samples)``: episodes run
+    to their end, and sampling stops once the steps collected reach the budget, so adapted
+    policies whose episodes end early at the goal give more episodes).
+
+    Episodes are drawn in rounds of ``round_size`` per task (:func:`rollout`) until every
+    task's budget is met or ``max_trajectories`` were drawn; per task, an episode is kept when
+    the steps of the episodes before it are fewer than ``env_steps``. The others are masked
+    out entirely (:meth:`Episodes.mean_returns` counts only kept ones), so the result has the
+    same shape for every task and feeds the baseline, advantages and policy gradient as is.
+    """
+    rounds: list[Episodes] = []
+    collected = torch.zeros(tasks.shape[0], device=tasks.device)
+    while not rounds or (
+        bool((collected < env_steps).any()) and len(rounds) * round_size < max_trajectories
+    ):
+        episodes = rollout(env, policy, params, tasks, round_size, generator)
+        rounds.append(episodes)
+        collected = collected + episodes.mask.sum(dim=(1, 2)).to(collected)
+    observations, actions, rewards, mask = (
+        torch.cat([getattr(part, name) for part in rounds], dim=1)
+        for name in ("observations", "actions", "rewards", "mask")
+    )
+    lengths = mask.sum(dim=-1)
+    kept = (lengths.cumsum(dim=1) - lengths < env_steps).to(mask.dtype)
+    return Episodes(observations, actions, rewards, mask * kept.unsqueeze(-1))

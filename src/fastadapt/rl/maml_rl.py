@@ -26,9 +26,14 @@ import torch
 from torch import nn
 
 from fastadapt.rl.advantages import episode_advantages
-from fastadapt.rl.episodes import Episodes, TaskEnv, rollout
+from fastadapt.rl.episodes import Episodes, TaskEnv, rollout, rollout_budget
 from fastadapt.rl.policy import GaussianMLPPolicy, gaussian_kl
 from fastadapt.rl.trpo import TRPOStats, trpo_step
+
+MAX_BUDGET_ROUNDS = 10
+"""With an environment-step budget, at most this many rounds of episodes per test step: the
+budget is met unless the episodes average fewer than ``env_steps / (10 · trajectories)``
+steps (20 for the 2D-navigation preset's 4000 steps in rounds of 20)."""
 
 Params = dict[str, torch.Tensor]
 
@@ -187,16 +192,26 @@ class MAMLRL(nn.Module):
         lr: float,
         generator: torch.Generator,
         later_lr: float | None = None,
+        env_steps: int | None = None,
     ) -> tuple[torch.Tensor, list[Episodes]]:
         """Mean return per task ``[steps + 1, B]`` after 0, 1, …, ``steps`` policy-gradient
         steps, each on ``trajectories`` new trajectories of the policy of the step before (the
         paper's test protocol), and those trajectories. The first step has size ``lr``, the
-        later ones ``later_lr`` (default ``lr``; the paper halves it, Appendix A.2)."""
+        later ones ``later_lr`` (default ``lr``; the paper halves it, Appendix A.2). With
+        ``env_steps``, each step samples whole episodes until that many environment steps
+        instead, in rounds of ``trajectories`` and at most ``MAX_BUDGET_ROUNDS`` of them
+        (:func:`~fastadapt.rl.episodes.rollout_budget`, the reference code's sampler)."""
         params = self.policy.task_params(tasks.shape[0])
         returns, samples = [], []
         for step in range(steps + 1):
-            episodes = rollout(env, self.policy, params, tasks, trajectories, generator)
-            returns.append(episodes.returns().mean(dim=1))
+            if env_steps is None:
+                episodes = rollout(env, self.policy, params, tasks, trajectories, generator)
+            else:
+                episodes = rollout_budget(
+                    env, self.policy, params, tasks, env_steps, trajectories, generator,
+                    MAX_BUDGET_ROUNDS * trajectories,
+                )  # fmt: skip
+            returns.append(episodes.mean_returns())
             samples.append(episodes)
             if step < steps:
                 size = lr if step == 0 or later_lr is None else later_lr

@@ -276,6 +276,7 @@ def _test_returns(
             _eval_lr(config),
             rng,
             later_lr=_eval_lr(config) * evaluation.later_lr_scale,
+            env_steps=evaluation.env_steps,
         )
         chunks.append(returns.cpu())
         samples = samples or episodes
@@ -290,6 +291,7 @@ def rl_protocol(config: RunConfig) -> dict[str, Any]:
         "algorithm": "maml-rl",
         "tasks": config.eval.tasks,
         "trajectories": config.rl.trajectories,
+        "env_steps": config.eval.env_steps,
         "horizon": config.rl.horizon,
         "inner_lr": _eval_lr(config),
         "later_lr": _eval_lr(config) * config.eval.later_lr_scale,

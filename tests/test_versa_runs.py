@@ -62,7 +62,9 @@ def test_class_splits_are_chosen_by_name(monkeypatch) -> None:
     monkeypatch.setattr(registry, "_omniglot_archives", lambda root, download: _Archives())
     assert registry.split_loader("omniglot", "versa")(None, "train", False) == "train classes"
     assert calls == [((1100, 100, 423), 0)]
-    with pytest.raises(ConfigError, match=r"choose one of \['vinyals', 'versa'\]"):
+    with pytest.raises(
+        ConfigError, match=r"choose one of \['vinyals', 'vinyals-trainval', 'versa'\]"
+    ):
         registry.split_loader("omniglot", "lake")
     with pytest.raises(ConfigError, match="it has only its standard split"):
         registry.split_loader("cifar-fs", "versa")

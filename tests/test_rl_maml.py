@@ -227,3 +227,14 @@ def test_evaluation_with_a_step_budget_adapts_on_the_kept_episodes():
     assert returns.shape == (3, 2) and torch.isfinite(returns).all()
     for episodes in samples:
         assert (episodes.mask.sum(dim=(1, 2)) >= 30).all()
+
+
+def test_training_rollouts_can_take_a_step_budget():
+    learner, _ = _meta_batch()
+    env = Navigation2D(horizon=10)
+    tasks = env.sample_tasks(2, 0)
+    batch = learner.sample(env, tasks, 4, torch.Generator().manual_seed(0), env_steps=30)
+    for episodes in (*batch.train, batch.valid):
+        assert (episodes.mask.sum(dim=(1, 2)) >= 30).all()
+    loss, kl = learner.surrogate(batch)
+    assert torch.isfinite(loss) and kl.item() == pytest.approx(0.0, abs=1e-6)

@@ -161,7 +161,10 @@ class RLConfig:
     (``train.optimizer = "adam"``, ``train.lr``). ``nav2d_reward`` is ``distance`` (negative
     Euclidean distance to the goal, the reference code behind the paper's numbers) or
     ``squared`` (the paper's text). The policy's log standard deviation starts at
-    ``init_log_std``.
+    ``init_log_std``. With ``env_steps``, every training rollout samples whole episodes until
+    that many environment steps per task instead of ``trajectories`` episodes, as the
+    reference code's sampler does (its 2D-navigation run: 2000 per task;
+    :func:`fastadapt.rl.episodes.rollout_budget`).
     """
 
     horizon: int = 100
@@ -176,6 +179,7 @@ class RLConfig:
     ls_steps: int = 15
     nav2d_reward: str = "distance"
     init_log_std: float = 0.0
+    env_steps: int | None = None
 
 
 @dataclass
@@ -269,6 +273,7 @@ class RunConfig:
             "eval.inner_lr": self.eval.inner_lr,
             "eval.inner_batch": self.eval.inner_batch,
             "eval.env_steps": self.eval.env_steps,
+            "rl.env_steps": self.rl.env_steps,
         }
         positive.update({k: v for k, v in optional_positive.items() if v is not None})
         for key, value in positive.items():

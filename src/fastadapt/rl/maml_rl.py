@@ -118,19 +118,26 @@ class MAMLRL(nn.Module):
         return {name: p - lr * g for (name, p), g in zip(params.items(), grads)}
 
     def sample(
-        self, env: TaskEnv, tasks: torch.Tensor, trajectories: int, generator: torch.Generator
+        self,
+        env: TaskEnv,
+        tasks: torch.Tensor,
+        trajectories: int,
+        generator: torch.Generator,
+        env_steps: int | None = None,
     ) -> MetaBatch:
-        """Roll out and adapt the policy on ``tasks`` (Algorithm 3, lines 4-8)."""
+        """Roll out and adapt the policy on ``tasks`` (Algorithm 3, lines 4-8): each rollout
+        ``trajectories`` episodes per task, or with ``env_steps`` whole episodes up to that
+        many environment steps (:func:`_rollout`)."""
         params = self.policy.task_params(tasks.shape[0])
         train, train_advantages = [], []
         for _ in range(self.inner_steps):
-            episodes = rollout(env, self.policy, params, tasks, trajectories, generator)
+            episodes = _rollout(env, self.policy, params, tasks, trajectories, generator, env_steps)
             advantages = self.advantages(episodes)
             params = self.adapt(params, episodes, advantages, self.inner_lr, create_graph=False)
             train.append(episodes)
             train_advantages.append(advantages)
         params = {name: p.detach() for name, p in params.items()}
-        valid = rollout(env, self.policy, params, tasks, trajectories, generator)
+        valid = _rollout(env, self.policy, params, tasks, trajectories, generator, env_steps)
         with torch.no_grad():
             mean, std = self.policy.mean_std(params, valid.observations)
             log_prob = self.policy.log_prob(params, valid.observations, valid.actions)
@@ -199,18 +206,11 @@ class MAMLRL(nn.Module):
         paper's test protocol), and those trajectories. The first step has size ``lr``, the
         later ones ``later_lr`` (default ``lr``; the paper halves it, Appendix A.2). With
         ``env_steps``, each step samples whole episodes until that many environment steps
-        instead, in rounds of ``trajectories`` and at most ``MAX_BUDGET_ROUNDS`` of them
-        (:func:`~fastadapt.rl.episodes.rollout_budget`, the reference code's sampler)."""
+        instead (:func:`_rollout`, the reference code's sampler)."""
         params = self.policy.task_params(tasks.shape[0])
         returns, samples = [], []
         for step in range(steps + 1):
-            if env_steps is None:
-                episodes = rollout(env, self.policy, params, tasks, trajectories, generator)
-            else:
-                episodes = rollout_budget(
-                    env, self.policy, params, tasks, env_steps, trajectories, generator,
-                    MAX_BUDGET_ROUNDS * trajectories,
-                )  # fmt: skip
+            episodes = _rollout(env, self.policy, params, tasks, trajectories, generator, env_steps)
             returns.append(episodes.mean_returns())
             samples.append(episodes)
             if step < steps:
@@ -218,3 +218,23 @@ class MAMLRL(nn.Module):
                 leaves = {name: p.detach().requires_grad_() for name, p in params.items()}
                 params = self.adapt(leaves, episodes, self.advantages(episodes), size, False)
         return torch.stack(returns), samples
+
+
+def _rollout(
+    env: TaskEnv,
+    policy: GaussianMLPPolicy,
+    params: dict[str, torch.Tensor],
+    tasks: torch.Tensor,
+    trajectories: int,
+    generator: torch.Generator,
+    env_steps: int | None,
+) -> Episodes:
+    """``trajectories`` episodes per task, or with ``env_steps`` whole episodes until that many
+    environment steps, in rounds of ``trajectories`` and at most ``MAX_BUDGET_ROUNDS`` of them
+    (:func:`~fastadapt.rl.episodes.rollout_budget`)."""
+    if env_steps is None:
+        return rollout(env, policy, params, tasks, trajectories, generator)
+    return rollout_budget(
+        env, policy, params, tasks, env_steps, trajectories, generator,
+        MAX_BUDGET_ROUNDS * trajectories,
+    )  # fmt: skip

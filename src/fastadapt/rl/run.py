@@ -133,6 +133,7 @@ def _schedule(config: RunConfig) -> RLSchedule:
         steps=train.steps,
         meta_batch=train.meta_batch,
         trajectories=rl.trajectories,
+        env_steps=rl.env_steps,
         outer=train.optimizer,
         lr=train.lr,
         trpo={

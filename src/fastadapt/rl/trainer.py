@@ -54,8 +54,10 @@ def generator(seed: int, device: torch.device | str = "cpu") -> torch.Generator:
 class RLSchedule:
     """How long to train and how: ``steps`` meta-iterations of ``meta_batch`` tasks with
     ``trajectories`` per task and inner step; the outer step is ``"trpo"`` (with ``trpo``'s
-    keyword settings of :func:`~fastadapt.rl.trpo.trpo_step`) or ``"adam"`` (rate ``lr``).
-    Validation adapts ``val_tasks`` fixed tasks once with step size ``eval_lr``."""
+    keyword settings of :func:`~fastadapt.rl.trpo.trpo_step`) or ``"adam"`` (rate ``lr``);
+    with ``env_steps``, training rollouts take whole episodes up to that many environment
+    steps per task instead (in rounds of ``trajectories``). Validation adapts ``val_tasks``
+    fixed tasks once with step size ``eval_lr``."""
 
     steps: int
     meta_batch: int
@@ -69,6 +71,7 @@ class RLSchedule:
     checkpoint_every: int = 25
     log_every: int = 1
     seed: int = 0
+    env_steps: int | None = None
 
 
 class RLTrainer:
@@ -162,7 +165,9 @@ class RLTrainer:
         schedule, seed = self.schedule, self.schedule.seed
         tasks = self.env.sample_tasks(schedule.meta_batch, stream_seed(seed, TRAIN_TASKS, step))
         rng = generator(stream_seed(seed, TRAIN_ROLLOUTS, step), self.device)
-        batch = self.learner.sample(self.env, tasks.to(self.device), schedule.trajectories, rng)
+        batch = self.learner.sample(
+            self.env, tasks.to(self.device), schedule.trajectories, rng, schedule.env_steps
+        )
         before = batch.train[0].returns().mean().item()
         after = batch.valid.returns().mean().item()
         self._check_finite(step, {"return before adaptation": before, "after": after})

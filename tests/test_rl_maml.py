@@ -9,7 +9,7 @@ from torch.func import functional_call
 
 from fastadapt.rl.advantages import discounted_sum, gae
 from fastadapt.rl.baseline import baseline_features, fit_linear_baseline, linear_baseline
-from fastadapt.rl.episodes import rollout_budget
+from fastadapt.rl.episodes import Episodes, rollout_budget
 from fastadapt.rl.maml_rl import MAMLRL
 from fastadapt.rl.nav2d import Navigation2D
 from fastadapt.rl.policy import GaussianMLPPolicy, gaussian_kl
@@ -238,3 +238,10 @@ def test_training_rollouts_can_take_a_step_budget():
         assert (episodes.mask.sum(dim=(1, 2)) >= 30).all()
     loss, kl = learner.surrogate(batch)
     assert torch.isfinite(loss) and kl.item() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_mean_returns_ignore_the_episodes_past_the_budget():
+    mask = torch.tensor([[[1.0, 1.0], [1.0, 0.0], [0.0, 0.0]]])
+    rewards = torch.tensor([[[-1.0, -2.0], [-4.0, -8.0], [-16.0, -32.0]]])
+    episodes = Episodes(torch.zeros(1, 3, 2, 2), torch.zeros(1, 3, 2, 2), rewards, mask)
+    torch.testing.assert_close(episodes.mean_returns(), torch.tensor([-3.5]))

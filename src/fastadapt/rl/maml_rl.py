@@ -31,9 +31,9 @@ from fastadapt.rl.policy import GaussianMLPPolicy, gaussian_kl
 from fastadapt.rl.trpo import TRPOStats, trpo_step
 
 MAX_BUDGET_ROUNDS = 10
-"""With an environment-step budget, at most this many rounds of episodes per test step: the
+"""With an environment-step budget, at most this many rounds of episodes per rollout: the
 budget is met unless the episodes average fewer than ``env_steps / (10 · trajectories)``
-steps (20 for the 2D-navigation preset's 4000 steps in rounds of 20)."""
+steps (20 for the 2D-navigation test budget of 4000 steps in rounds of 20)."""
 
 Params = dict[str, torch.Tensor]
 

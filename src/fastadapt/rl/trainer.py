@@ -168,8 +168,8 @@ class RLTrainer:
         batch = self.learner.sample(
             self.env, tasks.to(self.device), schedule.trajectories, rng, schedule.env_steps
         )
-        before = batch.train[0].returns().mean().item()
-        after = batch.valid.returns().mean().item()
+        before = batch.train[0].mean_returns().mean().item()
+        after = batch.valid.mean_returns().mean().item()
         self._check_finite(step, {"return before adaptation": before, "after": after})
         row = {"train_return@0": before, "train_return@1": after}
         if self.optimizer is not None:

@@ -110,6 +110,25 @@ def test_maml_initialisation_is_truncated_normal_with_zero_bias():
         MLP(1, [4], 1, init="xavier")
 
 
+def test_glorot_initialisation_is_uniform_in_the_glorot_bound_with_zero_bias():
+    from fastadapt.nn.mlp import MLP
+
+    model = MLP(2, [100, 100], 2, init="glorot")
+    for index, (fan_in, fan_out) in zip((0, 2, 4), [(2, 100), (100, 100), (100, 2)], strict=True):
+        bound = (6 / (fan_in + fan_out)) ** 0.5
+        weight = model[index].weight
+        assert weight.abs().max() <= bound and weight.abs().max() > 0.9 * bound
+        assert model[index].bias.abs().sum() == 0
+
+
+def test_an_unknown_policy_initialisation_is_a_config_error():
+    from fastadapt.rl.run import build_env, build_rl_learner
+
+    config = load_preset("nav2d-maml-trpo").override(["model.init=xavier"])
+    with pytest.raises(ConfigError, match="unknown init 'xavier'"):
+        build_rl_learner(config, build_env(config))
+
+
 def test_algorithm_and_family_must_fit():
     sinusoid_protonet = load_preset("sinusoid-maml").override(["algorithm.name=protonet"])
     with pytest.raises(ConfigError, match="protonet solves classification tasks"):

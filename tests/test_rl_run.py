@@ -75,6 +75,21 @@ def test_cli_trains_and_evaluates_with_plots(tmp_path, capsys):
     assert (out / "trajectories.png").stat().st_size > 0
 
 
+def test_validation_runs_the_test_protocol_and_ranks_by_the_adapted_return(tmp_path):
+    config = tiny_config("eval.env_steps=90", "train.val_every=1")
+    train_run(config, tmp_path / "run", progress=False)
+    with (tmp_path / "run" / "metrics.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    for row in rows:
+        later = [float(row[f"val_return@{k}"]) for k in (1, 2, 3)]
+        assert float(row["val_adapted_return"]) == pytest.approx(sum(later) / 3, rel=1e-5)
+    best = max(rows, key=lambda row: float(row["val_adapted_return"]))
+    state = load_checkpoint(tmp_path / "run" / "checkpoints" / "best.pt")
+    assert state.best["metric"] == "adapted_return"
+    assert state.step == int(best["step"])
+    assert state.best["value"] == pytest.approx(float(best["val_adapted_return"]), rel=1e-5)
+
+
 def test_adam_outer_loop_and_first_order(tmp_path):
     config = tiny_config("train.optimizer=adam", "algorithm.first_order=true", "train.steps=2")
     record = train_run(config, tmp_path / "run", progress=False)

@@ -8,7 +8,7 @@ from itertools import pairwise
 from torch import nn
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "tanh": nn.Tanh, "gelu": nn.GELU}
-INITS = ("torch", "maml")
+INITS = ("torch", "maml", "glorot")
 
 
 class MLP(nn.Sequential):
@@ -25,6 +25,9 @@ class MLP(nn.Sequential):
     standard deviation 0.01 truncated at two deviations, biases zero. It matters: with the
     default initialisation, long MAML training on sinusoids reaches initialisations whose
     10-step fine-tuning at α = 0.01 diverges on some tasks (``benchmarks/``).
+    ``init="glorot"`` draws the weights from Glorot & Bengio's uniform distribution
+    ``U(±√(6 / (fan_in + fan_out)))`` with zero biases, the initialisation of the MAML-RL
+    reference code's policies (``cbfinn/maml_rl``, ``create_MLP``).
     """
 
     def __init__(
@@ -49,8 +52,12 @@ class MLP(nn.Sequential):
             layers.append(nn.Linear(sizes[-1], out_features))
         super().__init__(*layers)
         self.embedding_size = sizes[-1]
-        if init == "maml":
-            for layer in self:
-                if isinstance(layer, nn.Linear):
+        if init == "torch":
+            return
+        for layer in self:
+            if isinstance(layer, nn.Linear):
+                if init == "maml":
                     nn.init.trunc_normal_(layer.weight, std=0.01, a=-0.02, b=0.02)
-                    nn.init.zeros_(layer.bias)
+                else:
+                    nn.init.xavier_uniform_(layer.weight)
+                nn.init.zeros_(layer.bias)

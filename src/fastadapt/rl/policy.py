@@ -38,6 +38,8 @@ class GaussianMLPPolicy(nn.Module):
         init_log_std: the initial log standard deviation of every action dimension, in
             units of ``action_scale``.
         action_scale: the environment's action bound ``c`` (2D navigation: 0.1).
+        init: the mean network's initialisation (:class:`~fastadapt.nn.mlp.MLP`): ``torch``
+            or ``glorot`` (the reference code's: Glorot-uniform weights, zero biases).
     """
 
     def __init__(
@@ -48,11 +50,12 @@ class GaussianMLPPolicy(nn.Module):
         activation: str = "relu",
         init_log_std: float = 0.0,
         action_scale: float = 1.0,
+        init: str = "torch",
     ) -> None:
         super().__init__()
         if action_scale <= 0:
             raise ValueError(f"action_scale must be positive, got {action_scale}.")
-        self.mean = MLP(observation_dim, hidden, action_dim, activation)
+        self.mean = MLP(observation_dim, hidden, action_dim, activation, init)
         self.log_std = nn.Parameter(torch.full((action_dim,), float(init_log_std)))
         self.action_scale = float(action_scale)
 

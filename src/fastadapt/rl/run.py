@@ -85,17 +85,18 @@ def build_env(config: RunConfig, device: torch.device | str = "cpu") -> TaskEnv:
 def build_rl_learner(config: RunConfig, env: TaskEnv) -> MAMLRL:
     """MAML-RL with a freshly initialised Gaussian MLP policy (seeded by ``train.seed``)."""
     _check_rl_config(config)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(config.train.seed)
-        policy = GaussianMLPPolicy(
-            env.observation_dim,
-            env.action_dim,
-            config.model.hidden,
-            config.model.activation,
-            config.rl.init_log_std,
-            env.action_bound,
-        )
     try:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(config.train.seed)
+            policy = GaussianMLPPolicy(
+                env.observation_dim,
+                env.action_dim,
+                config.model.hidden,
+                config.model.activation,
+                config.rl.init_log_std,
+                env.action_bound,
+                config.model.init,
+            )
         return MAMLRL(
             policy,
             inner_lr=config.algorithm.inner_lr,
@@ -146,6 +147,9 @@ def _schedule(config: RunConfig) -> RLSchedule:
         val_every=train.val_every,
         val_tasks=train.val_tasks,
         eval_lr=_eval_lr(config),
+        val_steps=max(1, *config.eval.report_steps),
+        val_later_lr=_eval_lr(config) * config.eval.later_lr_scale,
+        val_env_steps=config.eval.env_steps,
         checkpoint_every=train.checkpoint_every,
         log_every=train.log_every,
         seed=train.seed,

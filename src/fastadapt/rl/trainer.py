@@ -36,8 +36,9 @@ from fastadapt.tasks.counter_rng import stream_key
 
 #: Streams of seeds: training tasks, training rollouts, validation tasks and rollouts, test.
 TRAIN_TASKS, TRAIN_ROLLOUTS, VAL, TEST = 0, 1, 2, 3
-#: The metric that ranks checkpoints: the mean return after one adaptation step.
-HEADLINE = "return@1"
+#: The metric that ranks checkpoints: the return after 1, 2, …, K adaptation steps (the test
+#: protocol's steps), averaged over the steps and the validation tasks.
+HEADLINE = "adapted_return"
 
 
 def stream_seed(seed: int, stream: int, index: int = 0) -> int:
@@ -56,8 +57,12 @@ class RLSchedule:
     ``trajectories`` per task and inner step; the outer step is ``"trpo"`` (with ``trpo``'s
     keyword settings of :func:`~fastadapt.rl.trpo.trpo_step`) or ``"adam"`` (rate ``lr``);
     with ``env_steps``, training rollouts take whole episodes up to that many environment
-    steps per task instead (in rounds of ``trajectories``). Validation adapts ``val_tasks``
-    fixed tasks once with step size ``eval_lr``."""
+    steps per task instead (in rounds of ``trajectories``). Validation runs the test protocol
+    on ``val_tasks`` fixed tasks: ``val_steps`` adaptation steps, the first of size
+    ``eval_lr`` and the later ones ``val_later_lr``, each on ``trajectories`` episodes or
+    ``val_env_steps`` environment steps per task; checkpoints are ranked by the return after
+    those steps averaged over them (``HEADLINE``), since a policy whose return after one step
+    is flat can still get better or worse after the later ones."""
 
     steps: int
     meta_batch: int
@@ -68,6 +73,9 @@ class RLSchedule:
     val_every: int = 25
     val_tasks: int = 40
     eval_lr: float = 0.1
+    val_steps: int = 1
+    val_later_lr: float | None = None
+    val_env_steps: int | None = None
     checkpoint_every: int = 25
     log_every: int = 1
     seed: int = 0
@@ -117,7 +125,9 @@ class RLTrainer:
             if self.optimizer is not None:
                 self.optimizer.load_state_dict(resume_from.optimizer)
             restore_rng_state(resume_from.rng)
-            step, best = resume_from.step, dict(resume_from.best)
+            step = resume_from.step
+            if resume_from.best.get("metric") == HEADLINE:
+                best = dict(resume_from.best)
         log = MetricsLog(self.run_dir / "metrics.csv", resume_step=step if resume_from else None)
         self._started = started = time.perf_counter()
         schedule = self.schedule
@@ -135,7 +145,8 @@ class RLTrainer:
                 bar.update(1)
                 validate = step % schedule.val_every == 0 or step == schedule.steps
                 if validate:
-                    estimate = self.validate()
+                    estimate, per_step = self.validate()
+                    row.update({f"val_return@{k}": v for k, v in enumerate(per_step)})
                     row[f"val_{HEADLINE}"], row[f"val_{HEADLINE}_ci95"] = (
                         estimate.mean,
                         estimate.ci95,
@@ -185,15 +196,23 @@ class RLTrainer:
         self._check_finite(step, row)
         return row
 
-    def validate(self) -> Estimate:
-        """Mean return after one adaptation step on the fixed validation tasks."""
+    def validate(self) -> tuple[Estimate, list[float]]:
+        """The test protocol on the fixed validation tasks: the ``HEADLINE`` estimate (over
+        tasks) and the mean return after 0, 1, …, ``val_steps`` steps."""
         schedule = self.schedule
         tasks = self.env.sample_tasks(schedule.val_tasks, stream_seed(schedule.seed, VAL))
         rng = generator(stream_seed(schedule.seed, VAL, 1), self.device)
         returns, _ = self.learner.adaptation_returns(
-            self.env, tasks.to(self.device), 1, schedule.trajectories, schedule.eval_lr, rng
+            self.env,
+            tasks.to(self.device),
+            schedule.val_steps,
+            schedule.trajectories,
+            schedule.eval_lr,
+            rng,
+            later_lr=schedule.val_later_lr,
+            env_steps=schedule.val_env_steps,
         )
-        return mean_ci95(returns[1])
+        return mean_ci95(returns[1:].mean(dim=0)), returns.mean(dim=1).tolist()
 
     def _check_finite(self, step: int, values: dict[str, float]) -> None:
         bad = {k: v for k, v in values.items() if not math.isfinite(v)}

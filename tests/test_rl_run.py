@@ -26,6 +26,8 @@ TINY = [
     "rl.horizon=30",
     "eval.tasks=6",
     "eval.batch=4",
+    "rl.env_steps=none",
+    "eval.env_steps=none",
 ]
 
 
@@ -44,6 +46,7 @@ def test_short_training_run_adapts(tmp_path):
             "rl.trajectories=10",
             "eval.tasks=20",
             "eval.report_steps=[0,1]",
+            "rl.env_steps=none",
         ]
     )
     record = train_run(config, tmp_path / "run", progress=False)

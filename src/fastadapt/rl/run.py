@@ -148,7 +148,7 @@ def _schedule(config: RunConfig) -> RLSchedule:
         val_tasks=train.val_tasks,
         eval_lr=_eval_lr(config),
         val_steps=max(1, *config.eval.report_steps),
-        val_later_lr=_eval_lr(config) * config.eval.later_lr_scale,
+        val_later_lr=_later_lr(config),
         val_env_steps=config.eval.env_steps,
         checkpoint_every=train.checkpoint_every,
         log_every=train.log_every,
@@ -158,6 +158,11 @@ def _schedule(config: RunConfig) -> RLSchedule:
 
 def _eval_lr(config: RunConfig) -> float:
     return config.eval.inner_lr or config.algorithm.inner_lr
+
+
+def _later_lr(config: RunConfig) -> float:
+    """The step size of the test-time steps after the first."""
+    return _eval_lr(config) * config.eval.later_lr_scale
 
 
 def train_rl_run(
@@ -280,7 +285,7 @@ def _test_returns(
             config.rl.trajectories,
             _eval_lr(config),
             rng,
-            later_lr=_eval_lr(config) * evaluation.later_lr_scale,
+            later_lr=_later_lr(config),
             env_steps=evaluation.env_steps,
         )
         chunks.append(returns.cpu())
@@ -299,7 +304,7 @@ def rl_protocol(config: RunConfig) -> dict[str, Any]:
         "env_steps": config.eval.env_steps,
         "horizon": config.rl.horizon,
         "inner_lr": _eval_lr(config),
-        "later_lr": _eval_lr(config) * config.eval.later_lr_scale,
+        "later_lr": _later_lr(config),
         "report_steps": config.eval.report_steps,
         "seed": config.eval.seed,
     }

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import platform
+import statistics
 import subprocess
 import sys
 import textwrap
@@ -14,7 +15,8 @@ from fastadapt.engine.host_memory import retain_freed_host_memory
 
 ON_GLIBC = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
 
-# Training steps of a Conv-4 ProtoNet on 100 images, then the minor page faults of 5 more.
+# Three training steps of a Conv-4 ProtoNet on 100 images, then the minor page faults of each
+# of ten more.
 _STEPS = textwrap.dedent(
     """
     import json, resource, sys
@@ -39,27 +41,35 @@ _STEPS = textwrap.dedent(
         learner.meta_loss(batch).loss.backward()
         optimizer.step()
 
+    def faults():
+        return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
     for _ in range(3):
         step()
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-    for _ in range(5):
+    per_step = []
+    for _ in range(10):
+        before = faults()
         step()
-    print(json.dumps(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before))
+        per_step.append(faults() - before)
+    print(json.dumps(per_step))
     """
 )
 
 
-def _page_faults(mode: str) -> int:
+def _median_page_faults_per_step(mode: str) -> int:
     done = subprocess.run(
         [sys.executable, "-c", _STEPS, mode], capture_output=True, text=True, check=True
     )
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    return statistics.median_low(json.loads(done.stdout.strip().splitlines()[-1]))
 
 
 @pytest.mark.skipif(not ON_GLIBC, reason="the settings are glibc's")
 def test_retained_memory_removes_the_page_faults_of_repeated_training_steps() -> None:
-    default, retained = _page_faults("default"), _page_faults("retain")
-    assert retained * 10 < default, (default, retained)
+    # Under glibc's defaults whether a step faults its activations afresh depends on the
+    # allocation history: the median step of a run took 9,000-15,000 faults in three runs of
+    # five and none in the other two, so only the retained settings give a fixed expectation.
+    # With them an occasional step grows the heap (~900 faults); the median step faults none.
+    assert _median_page_faults_per_step("retain") < 50
 
 
 @pytest.mark.skipif(not ON_GLIBC, reason="the settings are glibc's")

@@ -159,5 +159,9 @@ def test_conv4_shapes_and_auto_mode():
     assert Conv4(ways=5)(torch.randn(2, 1, 28, 28)).shape == (2, 5)
     assert Conv4(3, image_size=84).embedding_size == 1600
     assert resolve_batch_mode(Conv4(ways=5)) == "loop"
+    # Per call: a handful of images per task goes through vmap, a larger batch loops.
+    assert resolve_batch_mode(Conv4(ways=5), "auto", torch.zeros(32, 5, 1, 28, 28)) == "vmap"
+    assert resolve_batch_mode(Conv4(ways=5), "auto", torch.zeros(8, 75, 1, 28, 28)) == "loop"
+    assert resolve_batch_mode(Conv4(ways=5), "loop", torch.zeros(32, 5, 1, 28, 28)) == "loop"
     with pytest.raises(ValueError, match="image_size must be at least 16"):
         Conv4(image_size=8)

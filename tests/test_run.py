@@ -71,9 +71,12 @@ def test_resume_may_extend_training_but_not_change_it(tmp_path):
     with pytest.raises(ConfigError, match=r"algorithm\.inner_lr"):
         train_run(tiny_config("algorithm.inner_lr=0.02"), out, resume=True, progress=False)
     first = load_checkpoint(out / "checkpoints" / "last.pt").train_seconds
-    record = train_run(tiny_config("train.steps=8"), out, resume=True, progress=False)
+    record = train_run(
+        tiny_config("train.steps=8", "algorithm.batch_mode=loop"), out, resume=True, progress=False
+    )
     last = load_checkpoint(out / "checkpoints" / "last.pt")
     assert last.step == 8
+    assert json.loads((out / "config.json").read_text())["algorithm"]["batch_mode"] == "loop"
     # The wall time counts both sessions: the first one's six steps and the resumed two.
     assert 0 < first < last.train_seconds
     assert record["train_seconds"] >= first + record["train_seconds_this_session"] - 1e-6

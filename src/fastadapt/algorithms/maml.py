@@ -108,7 +108,8 @@ class MAML(MetaLearner):
             raise ValueError(f"report_steps must be >= 0, got {list(report_steps or [])}.")
         self.first_order = first_order
         self.per_step_lr = per_step_lr
-        self.batch_mode = resolve_batch_mode(model, batch_mode)
+        resolve_batch_mode(model, batch_mode)  # refuses an unknown mode here, not mid-training
+        self.batch_mode = batch_mode
         self.adapted_names = _adapted_parameter_names(model, anil, head, adapt)
         self.inner_lrs: nn.ParameterList | None = None
         if learned_lr:
@@ -192,7 +193,8 @@ class MAML(MetaLearner):
         return Predictor(lambda x: functional_call(self.model, adapted, (x,)), self.problem)
 
     def _forward_tasks(self, params: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
-        return call_over_tasks(self.model, params, x, mode=self.batch_mode)
+        mode = resolve_batch_mode(self.model, self.batch_mode, x)
+        return call_over_tasks(self.model, params, x, mode=mode)
 
     def _inner_loop(
         self, support_x: torch.Tensor, support_y: torch.Tensor, steps: int, *, training: bool

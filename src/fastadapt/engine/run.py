@@ -54,9 +54,11 @@ from fastadapt.errors import ConfigError, RunDirectoryError
 from fastadapt.io.atomic import atomic_write_text
 from fastadapt.tasks.sinusoid import SinusoidTasks
 
-#: Settings that a resumed run may change without changing what it computes.
+#: Settings that a resumed run may change without changing what it computes (the batching
+#: mode of the inner loop changes only the float rounding: the tests hold its modes equal).
 RESUME_NEUTRAL = (
     "description",
+    "algorithm.batch_mode",
     "train.steps",
     "train.log_every",
     "train.checkpoint_every",

@@ -26,8 +26,8 @@ how many images each task passes: with 80 images per task (5-way, 1 support and 
 class) a loop over tasks is 1.7x faster and needs far less memory; with 5 (MAML's Omniglot
 5-way 1-shot training, one query per class) the per-task operator overhead dominates and
 ``vmap`` is 1.4x faster (one second-order Conv-4 meta-iteration of 32 tasks on one thread,
-beside a training run: 0.73 s against 1.05 s). :func:`resolve_batch_mode` picks accordingly, per call when it is given
-the inputs.
+beside a training run: 0.73 s against 1.05 s). :func:`resolve_batch_mode` picks accordingly,
+per call when it is given the inputs.
 """
 
 from __future__ import annotations

@@ -50,7 +50,7 @@ TaskFunction = Callable[..., torch.Tensor]
 VMAP_MAX_CONV_TASK_INPUT = 8 * 28 * 28
 """Largest per-task input (elements: images x channels x pixels) that ``"auto"`` convolves
 under ``vmap``; larger inputs loop over tasks (module doc: vmap won at 5 Omniglot images per
-task, the two modes were even at 15, the loop won from 35)."""
+task, vmap was 10% slower at 15, the loop won from 35)."""
 
 
 def resolve_batch_mode(

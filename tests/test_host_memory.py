@@ -15,18 +15,17 @@ from fastadapt.engine.host_memory import retain_freed_host_memory
 
 ON_GLIBC = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
 
-# Three training steps of a Conv-4 ProtoNet on 100 images, then the minor page faults of each
-# of ten more.
+# With the retained settings: three training steps of a Conv-4 ProtoNet on 100 images, then
+# the minor page faults of each of ten more.
 _STEPS = textwrap.dedent(
     """
-    import json, resource, sys
+    import json, resource
     import torch
     from fastadapt import ProtoNet, TaskBatch
     from fastadapt.engine.host_memory import retain_freed_host_memory
     from fastadapt.nn.conv4 import Conv4
 
-    if sys.argv[1] == "retain":
-        assert retain_freed_host_memory()
+    assert retain_freed_host_memory()
     torch.set_num_threads(1)
     torch.manual_seed(0)
     learner = ProtoNet(Conv4(1))
@@ -56,9 +55,9 @@ _STEPS = textwrap.dedent(
 )
 
 
-def _median_page_faults_per_step(mode: str) -> int:
+def _median_page_faults_per_retained_step() -> int:
     done = subprocess.run(
-        [sys.executable, "-c", _STEPS, mode], capture_output=True, text=True, check=True
+        [sys.executable, "-c", _STEPS], capture_output=True, text=True, check=True
     )
     return statistics.median_low(json.loads(done.stdout.strip().splitlines()[-1]))
 
@@ -69,7 +68,7 @@ def test_retained_memory_removes_the_page_faults_of_repeated_training_steps() ->
     # allocation history: the median step of a run took 9,000-15,000 faults in three runs of
     # five and none in the other two, so only the retained settings give a fixed expectation.
     # With them an occasional step grows the heap (~900 faults); the median step faults none.
-    assert _median_page_faults_per_step("retain") < 50
+    assert _median_page_faults_per_retained_step() < 50
 
 
 @pytest.mark.skipif(not ON_GLIBC, reason="the settings are glibc's")

@@ -128,7 +128,7 @@ def _run_setting(name: str, setting: Setting, args: argparse.Namespace) -> list[
                 "ece": metrics.get("ece"),
                 "episodes": ours["n"],
                 "queries": result["protocol"]["queries"],
-                "training_steps": config["train"]["steps"],
+                "training_steps": record.get("train_steps", config["train"]["steps"]),
                 "best_step": record["best"]["step"] if record.get("best") else None,
                 "train_hours": _hours(record.get("train_seconds")),
                 "run_dir": str(run_dir),

@@ -104,6 +104,7 @@ class AlgorithmConfig:
 @dataclass
 class TrainConfig:
     steps: int = 70_000
+    max_hours: float | None = None
     meta_batch: int = 25
     optimizer: str = "adam"
     lr: float = 0.001
@@ -266,6 +267,7 @@ class RunConfig:
         }
         optional_positive = {
             "train.task_chunk": self.train.task_chunk,
+            "train.max_hours": self.train.max_hours,
             "train.threads": self.train.threads,
             "train.lr_decay_every": self.train.lr_decay_every,
             "algorithm.read_steps": self.algorithm.read_steps,

@@ -60,6 +60,7 @@ RESUME_NEUTRAL = (
     "description",
     "algorithm.batch_mode",
     "train.steps",
+    "train.max_hours",
     "train.log_every",
     "train.checkpoint_every",
     "train.tensorboard",
@@ -126,6 +127,7 @@ def _train_run(
     schedule = TrainSchedule(
         steps=config.train.steps,
         meta_batch=config.train.meta_batch,
+        max_hours=config.train.max_hours,
         lr=config.train.lr,
         lr_decay=config.train.lr_decay,
         lr_decay_every=config.train.lr_decay_every,

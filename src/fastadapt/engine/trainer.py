@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import gc
 import math
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +33,7 @@ from fastadapt.engine.checkpoint import (
 )
 from fastadapt.engine.evaluate import Estimate, evaluate
 from fastadapt.engine.metrics_log import MetricsLog
+from fastadapt.engine.training_clock import TrainingClock
 from fastadapt.errors import ConfigError, NonFiniteLossError
 from fastadapt.tasks.task import TaskBatch
 
@@ -41,6 +41,11 @@ from fastadapt.tasks.task import TaskBatch
 @dataclass(frozen=True)
 class TrainSchedule:
     """How long to train and how often to log, validate and checkpoint (all in steps).
+
+    ``max_hours`` ends the run earlier, after the first step at which its training time (over
+    every resumed session) reaches the budget; that step is validated and checkpointed like a
+    last step. The learning-rate schedule still counts to ``steps``: a linear schedule cut
+    short by the budget has not annealed to 0.
 
     With ``lr_decay_every``, step ``s`` uses the learning rate
     ``lr * lr_decay ** (s // lr_decay_every)`` (e.g. Prototypical Networks halve it every 2000
@@ -51,6 +56,7 @@ class TrainSchedule:
 
     steps: int
     meta_batch: int
+    max_hours: float | None = None
     lr: float = 1e-3
     lr_decay: float = 1.0
     lr_decay_every: int | None = None
@@ -71,18 +77,22 @@ class TrainSchedule:
 class TrainSummary:
     """How a call to :meth:`Trainer.fit` ended: the step reached, this call's wall time, the
     run's total training wall time over all its sessions (None if an earlier session's
-    checkpoint did not record it) and the best validation score."""
+    checkpoint did not record it), the best validation score, and whether the run's time
+    budget (``max_hours``) ended it before its last step."""
 
     steps: int
     seconds: float
     total_seconds: float | None
     best: dict[str, Any]
+    out_of_time: bool = False
 
     def record(self) -> dict[str, Any]:
         """What the evaluation record after training stores of it (``results.json``)."""
         return {
             "train_seconds": self.total_seconds,
             "train_seconds_this_session": self.seconds,
+            "train_steps": self.steps,
+            "stopped_by_max_hours": self.out_of_time,
             "best": self.best,
         }
 
@@ -118,8 +128,7 @@ class Trainer:
         self.schedule, self.run_dir, self.config = schedule, run_dir, config
         self.device, self.progress = device, progress
         self.headline, self.higher_is_better = learner.headline_metric
-        self._seconds_before: float | None = 0.0  # training time of earlier sessions
-        self._started = time.perf_counter()
+        self.clock = TrainingClock(schedule.max_hours)
 
     @property
     def last_path(self) -> Path:
@@ -130,11 +139,11 @@ class Trainer:
         return self.run_dir / "checkpoints" / "best.pt"
 
     def fit(self, resume_from: Checkpoint | None = None) -> TrainSummary:
-        """Train to ``schedule.steps``, starting fresh or from a checkpoint of this run."""
+        """Train to ``schedule.steps`` (or until ``schedule.max_hours`` of training), starting
+        fresh or from a checkpoint of this run."""
         step, best = 0, {"metric": self.headline, "value": None, "step": None}
-        self._seconds_before = 0.0
+        self.clock.start(resume_from.train_seconds if resume_from is not None else 0.0)
         if resume_from is not None:
-            self._seconds_before = resume_from.train_seconds
             self.learner.load_state_dict(resume_from.learner)
             self.optimizer.load_state_dict(resume_from.optimizer)
             restore_rng_state(resume_from.rng)
@@ -144,7 +153,7 @@ class Trainer:
         main = distributed.is_main()
         log = MetricsLog(self.run_dir / "metrics.csv", resume_step=step if resume_from else None)
         board = self._tensorboard(step) if self.schedule.tensorboard and main else None
-        self._started = started = time.perf_counter()
+        out_of_time = self._out_of_time()
         bar = tqdm(
             total=self.schedule.steps,
             initial=step,
@@ -154,16 +163,18 @@ class Trainer:
         )
         postfix: dict[str, str] = {}
         try:
-            while step < self.schedule.steps:
+            while step < self.schedule.steps and not out_of_time:
                 metrics = self._meta_step(step)
                 step += 1
                 bar.update(1)
+                out_of_time = self._out_of_time()
+                last = step == self.schedule.steps or out_of_time
                 row: dict[str, float] = {}
-                if step % self.schedule.log_every == 0 or step == self.schedule.steps:
+                if step % self.schedule.log_every == 0 or last:
                     metrics = distributed.mean_over_ranks(metrics)
                     row.update({f"train_{k}": v.item() for k, v in metrics.items()})
                     postfix["loss"] = f"{row[f'train_{self.learner.loss_metric}']:.4f}"
-                if step % self.schedule.val_every == 0 or step == self.schedule.steps:
+                if step % self.schedule.val_every == 0 or last:
                     estimate = self._validate()
                     value = estimate.mean
                     row[f"val_{self.headline}"] = value
@@ -178,7 +189,7 @@ class Trainer:
                     if board is not None:
                         for name, value in row.items():
                             board.add_scalar(name.replace("_", "/", 1), value, step)
-                if step % self.schedule.checkpoint_every == 0 or step == self.schedule.steps:
+                if step % self.schedule.checkpoint_every == 0 or last:
                     self._save(self.last_path, step, best)
                     if main:
                         log.flush()
@@ -190,7 +201,13 @@ class Trainer:
                 log.flush()
             if board is not None:
                 board.close()
-        return TrainSummary(step, time.perf_counter() - started, self._total_seconds(), best)
+        return TrainSummary(
+            step, self.clock.session_seconds, self.clock.total_seconds, best, out_of_time
+        )
+
+    def _out_of_time(self) -> bool:
+        """Whether the run's time budget is spent (on any rank: all stop at the same step)."""
+        return self.schedule.max_hours is not None and distributed.any_rank(self.clock.spent())
 
     def _tensorboard(self, start_step: int) -> Any:
         try:
@@ -320,7 +337,7 @@ class Trainer:
             optimizer=self.optimizer.state_dict(),
             best=best,
             rng=capture_rng_state(),
-            train_seconds=self._total_seconds(),
+            train_seconds=self.clock.total_seconds,
         )
 
     def _learning_rate(self, step: int) -> float:
@@ -331,12 +348,6 @@ class Trainer:
         if schedule.lr_decay_every is not None:
             return schedule.lr * schedule.lr_decay ** (step // schedule.lr_decay_every)
         return schedule.lr
-
-    def _total_seconds(self) -> float | None:
-        """Training wall time of the run so far, over every session (None if unknown)."""
-        if self._seconds_before is None:
-            return None
-        return self._seconds_before + time.perf_counter() - self._started
 
 
 def _out_of_memory(error: BaseException) -> bool:

@@ -133,6 +133,7 @@ def _schedule(config: RunConfig) -> RLSchedule:
     return RLSchedule(
         steps=train.steps,
         meta_batch=train.meta_batch,
+        max_hours=train.max_hours,
         trajectories=rl.trajectories,
         env_steps=rl.env_steps,
         outer=train.optimizer,

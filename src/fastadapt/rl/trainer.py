@@ -11,7 +11,6 @@ samples exactly what the uninterrupted run would have.
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +28,7 @@ from fastadapt.engine.checkpoint import (
 from fastadapt.engine.evaluate import Estimate, mean_ci95
 from fastadapt.engine.metrics_log import MetricsLog
 from fastadapt.engine.trainer import TrainSummary
+from fastadapt.engine.training_clock import TrainingClock
 from fastadapt.errors import NonFiniteLossError
 from fastadapt.rl.episodes import TaskEnv
 from fastadapt.rl.maml_rl import MAMLRL
@@ -53,7 +53,8 @@ def generator(seed: int, device: torch.device | str = "cpu") -> torch.Generator:
 
 @dataclass(frozen=True)
 class RLSchedule:
-    """How long to train and how: ``steps`` meta-iterations of ``meta_batch`` tasks with
+    """How long to train and how: ``steps`` meta-iterations (fewer if the run's training time
+    reaches ``max_hours``, :mod:`~fastadapt.engine.training_clock`) of ``meta_batch`` tasks with
     ``trajectories`` per task and inner step; the outer step is ``"trpo"`` (with ``trpo``'s
     keyword settings of :func:`~fastadapt.rl.trpo.trpo_step`) or ``"adam"`` (rate ``lr``);
     with ``env_steps``, training rollouts take whole episodes up to that many environment
@@ -67,6 +68,7 @@ class RLSchedule:
     steps: int
     meta_batch: int
     trajectories: int
+    max_hours: float | None = None
     outer: str = "trpo"
     lr: float = 1e-3
     trpo: dict[str, float] | None = None
@@ -104,8 +106,7 @@ class RLTrainer:
             if schedule.outer == "adam"
             else None
         )
-        self._seconds_before: float | None = 0.0
-        self._started = time.perf_counter()
+        self.clock = TrainingClock(schedule.max_hours)
 
     @property
     def last_path(self) -> Path:
@@ -116,11 +117,11 @@ class RLTrainer:
         return self.run_dir / "checkpoints" / "best.pt"
 
     def fit(self, resume_from: Checkpoint | None = None) -> TrainSummary:
-        """Train to ``schedule.steps`` meta-iterations, fresh or from a checkpoint of the run."""
+        """Train to ``schedule.steps`` meta-iterations (or until ``schedule.max_hours`` of
+        training), fresh or from a checkpoint of the run."""
         step, best = 0, {"metric": HEADLINE, "value": None, "step": None}
-        self._seconds_before = 0.0
+        self.clock.start(resume_from.train_seconds if resume_from is not None else 0.0)
         if resume_from is not None:
-            self._seconds_before = resume_from.train_seconds
             self.learner.load_state_dict(resume_from.learner)
             if self.optimizer is not None:
                 self.optimizer.load_state_dict(resume_from.optimizer)
@@ -129,8 +130,8 @@ class RLTrainer:
             if resume_from.best.get("metric") == HEADLINE:
                 best = dict(resume_from.best)
         log = MetricsLog(self.run_dir / "metrics.csv", resume_step=step if resume_from else None)
-        self._started = started = time.perf_counter()
         schedule = self.schedule
+        out_of_time = self.clock.spent()
         bar = tqdm(
             total=schedule.steps,
             initial=step,
@@ -139,11 +140,13 @@ class RLTrainer:
             dynamic_ncols=True,
         )
         try:
-            while step < schedule.steps:
+            while step < schedule.steps and not out_of_time:
                 row = self._meta_step(step)
                 step += 1
                 bar.update(1)
-                validate = step % schedule.val_every == 0 or step == schedule.steps
+                out_of_time = self.clock.spent()
+                last = step == schedule.steps or out_of_time
+                validate = step % schedule.val_every == 0 or last
                 if validate:
                     estimate, per_step = self.validate()
                     row.update({f"val_return@{k}": v for k, v in enumerate(per_step)})
@@ -162,7 +165,7 @@ class RLTrainer:
                         {k: f"{v:.2f}" for k, v in row.items() if k.startswith(("train_r", "val"))},
                         refresh=False,
                     )
-                if step % schedule.checkpoint_every == 0 or step == schedule.steps:
+                if step % schedule.checkpoint_every == 0 or last:
                     save_checkpoint(self.last_path, self._checkpoint(step, best))
                     log.flush()
                     if self.on_flush is not None and log.rows:
@@ -170,7 +173,9 @@ class RLTrainer:
         finally:
             bar.close()
             log.flush()
-        return TrainSummary(step, time.perf_counter() - started, self._total_seconds(), best)
+        return TrainSummary(
+            step, self.clock.session_seconds, self.clock.total_seconds, best, out_of_time
+        )
 
     def _meta_step(self, step: int) -> dict[str, float]:
         schedule, seed = self.schedule, self.schedule.seed
@@ -234,10 +239,5 @@ class RLTrainer:
             optimizer=self.optimizer.state_dict() if self.optimizer is not None else {},
             best=best,
             rng=capture_rng_state(),
-            train_seconds=self._total_seconds(),
+            train_seconds=self.clock.total_seconds,
         )
-
-    def _total_seconds(self) -> float | None:
-        if self._seconds_before is None:
-            return None
-        return self._seconds_before + time.perf_counter() - self._started

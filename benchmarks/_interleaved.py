@@ -9,7 +9,9 @@ the orchestrator visits the workers in a fresh random order (``--seed``) and ask
 by tens of percent over minutes: timed one after the other, a drift lands on some rows only;
 interleaved, it spreads over all of them. The table gives each row's median and 10th/90th
 percentiles (ms) over all its timed steps, and fastadapt's speed-up over it: the median over
-rounds of (row's round median / fastadapt's round median), with its range.
+rounds of (row's round median / fastadapt's round median), with its range. A benchmark that
+gives the FLOPs of one step of its workload (``Benchmark.flops``) also gets each row's achieved
+GFLOP/s, beside this CPU's float32 matrix-product rate measured before the workers start.
 
 fastadapt's rows run with the interpreter that launches the script (the project's venv, with
 ``src/`` on ``PYTHONPATH``); the peers run with ``--peers-python``, the venv built by
@@ -109,6 +111,7 @@ class Benchmark:
     rounds: int = 30
     iters_per_round: int = 10
     worker_args: tuple[str, ...] = ()  # the script's own options, passed on to every worker
+    flops: Callable[[], float] | None = None  # FLOPs of one step of the workload
 
 
 # ---------------------------------------------------------------------------------------------
@@ -323,6 +326,47 @@ def _summarise(
     }
 
 
+def counted_flops(build: Callable[[], tuple[Step, str]]) -> Callable[[], float]:
+    """``Benchmark.flops`` from an implementation's builder: the convolution and
+    matrix-product FLOPs of one of its steps, forward and backward passes
+    (``torch.utils.flop_counter``)."""
+
+    def flops() -> float:
+        from torch.utils.flop_counter import FlopCounterMode
+
+        step, _ = build()
+        with FlopCounterMode(display=False) as counter:
+            step()
+        return float(counter.get_total_flops())
+
+    return flops
+
+
+def _work_rate(bench: Benchmark, threads: int) -> dict[str, float]:
+    """The workload's GFLOP per step and this CPU's float32 matrix-product rate (GFLOP/s, best
+    of five 2048x2048 products on ``threads`` threads); empty without ``bench.flops``."""
+    if bench.flops is None:
+        return {}
+    torch.set_num_threads(threads)
+    size = 2048
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    a @ b
+    seconds = []
+    for _ in range(5):
+        start = time.perf_counter()
+        a @ b
+        seconds.append(time.perf_counter() - start)
+    peak = 2 * size**3 / min(seconds) / 1e9
+    return {"gflop_per_step": bench.flops() / 1e9, "matmul_gflops": peak}
+
+
+def _add_rates(rows: dict[str, dict], work: dict[str, float]) -> None:
+    """Each timed row's achieved GFLOP/s on the workload's FLOPs."""
+    for row in rows.values():
+        if work and "median_ms" in row:
+            row["gflops"] = work["gflop_per_step"] / (row["median_ms"] / 1e3)
+
+
 def _ratio_phrase(ratio: float) -> str:
     return f"{ratio:.1f}x faster than" if ratio >= 1 else f"{1 / ratio:.1f}x slower than"
 
@@ -330,15 +374,17 @@ def _ratio_phrase(ratio: float) -> str:
 def _table(
     bench: Benchmark, rows: list[dict[str, Any]], summary: dict[str, Any], rounds: int
 ) -> str:
+    rates = "gflop_per_step" in summary
     lines = [
         "| implementation | library version | median ms | p10 ms | p90 ms | peak MiB "
-        f"| fastadapt speed-up | range over {rounds} rounds |",
-        "|---|---|---:|---:|---:|---:|---:|---:|",
+        f"| fastadapt speed-up | range over {rounds} rounds |" + (" GFLOP/s |" if rates else ""),
+        "|---|---|---:|---:|---:|---:|---:|---:|" + ("---:|" if rates else ""),
     ]
     for row in rows:
         if row["status"] != "ok":
             reason = f"{row['status']}: {row['error']}".replace("|", "\\|")
-            lines.append(f"| {row['impl']} | {row.get('version', '-')} | {reason} | | | | | |")
+            empty = " | | | | | |" + (" |" if rates else "")
+            lines.append(f"| {row['impl']} | {row.get('version', '-')} | {reason}{empty}")
             continue
         flag = "" if math.isfinite(row["final_loss"]) else " (non-finite loss!)"
         speedup, spread = "-", "-"
@@ -348,9 +394,15 @@ def _table(
         lines.append(
             f"| {row['impl']}{flag} | {row['version']} | {row['median_ms']:.2f} "
             f"| {row['p10_ms']:.2f} | {row['p90_ms']:.2f} | {row.get('peak_rss_mib', 0):.0f} "
-            f"| {speedup} | {spread} |"
+            f"| {speedup} | {spread} |" + (f" {row['gflops']:.1f} |" if rates else "")
         )
     lines.append("")
+    if rates:
+        lines.append(
+            f"one step: {summary['gflop_per_step']:.1f} GFLOP (convolutions and matrix products, "
+            "torch.utils.flop_counter); this CPU's float32 matrix-product rate: "
+            f"{summary['matmul_gflops']:.0f} GFLOP/s"
+        )
     fastest, ratio = summary["fastest_peer"], summary["speedup_vs_fastest_peer"]
     if ratio is not None:
         lines.append(f"fastadapt is {_ratio_phrase(ratio)} the fastest peer ({fastest})")
@@ -417,6 +469,7 @@ def _write_json_atomically(path: Path, payload: dict[str, Any]) -> None:
 
 def _orchestrate(bench: Benchmark, args: argparse.Namespace) -> None:
     machine = _machine_info(args.threads)
+    work = _work_rate(bench, args.threads)  # before the workers start, on a quiet machine
     rows, workers = _start_workers(bench, args)
     try:
         times = _run_rounds(args, rows, workers)
@@ -424,7 +477,8 @@ def _orchestrate(bench: Benchmark, args: argparse.Namespace) -> None:
         for worker in workers.values():
             worker.close()
     machine["load_average_at_end"] = _load_average()
-    summary = _summarise(bench, rows, times)
+    summary = {**_summarise(bench, rows, times), **work}
+    _add_rates(rows, work)
     print(_table(bench, list(rows.values()), summary, args.rounds))
     measurement = {
         **{key: vars(args)[key] for key in ("warmup", "rounds", "iters_per_round", "seed")},

@@ -14,7 +14,9 @@ first-order MAML instead (results in ``maml_conv4_speed_first_order.json``). Row
   (``benchmarks/_maml_peers.py``), a loop over tasks.
 
 Measurement: interleaved rounds of worker subprocesses (``benchmarks/_interleaved.py``), 2
-torch threads by default; each row's peak resident memory is its worker's. Run from the project
+torch threads by default; each row's peak resident memory is its worker's. Each row's GFLOP/s
+divides the workload's convolution and matrix-product FLOPs, counted on the plain PyTorch
+step, by its median time. Run from the project
 root with the project's venv:
 
     python benchmarks/maml_conv4_speed.py [--first-order] [--rounds 5] [--iters-per-round 2]
@@ -28,7 +30,7 @@ import sys
 
 import torch
 import torch.nn.functional as F
-from _interleaved import OURS, PROJECT_ROOT, Benchmark, Impl, Step, main
+from _interleaved import OURS, PROJECT_ROOT, Benchmark, Impl, Step, counted_flops, main
 from _maml_peers import MamlWorkload, TaskTensors, build_torch_func_loop, peer_impls
 from torch import nn
 
@@ -144,6 +146,7 @@ BENCHMARK = Benchmark(
     rounds=5,
     iters_per_round=2,
     worker_args=("--first-order",) if FIRST_ORDER else (),
+    flops=counted_flops(lambda: build_torch_func_loop(_workload())),
 )
 
 

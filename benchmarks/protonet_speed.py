@@ -29,7 +29,8 @@ on queries). Losses therefore agree only between rows with the same recipe; the 
 line compares plain PyTorch, learn2learn and torchmeta, which share it.
 
 Measurement: interleaved rounds of worker subprocesses (``benchmarks/_interleaved.py``), 2
-torch threads by default. Run from the project root with the project's venv:
+torch threads by default; each row's GFLOP/s divides the plain PyTorch step's convolution and
+matrix-product FLOPs by its median time. Run from the project root with the project's venv:
 
     python benchmarks/protonet_speed.py [--rounds 20] [--iters-per-round 10] [--threads 2]
     PYTHONPATH=src python benchmarks/protonet_speed.py --impl fastadapt  # debugging: one
@@ -43,7 +44,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from _interleaved import OURS, PROJECT_ROOT, Benchmark, Impl, Step, main
+from _interleaved import OURS, PROJECT_ROOT, Benchmark, Impl, Step, counted_flops, main
 from torch import nn
 
 WAYS, SHOTS, QUERIES, SIDE, HIDDEN = 5, 5, 15, 28, 64
@@ -212,6 +213,7 @@ BENCHMARK = Benchmark(
         "dtype": "float32",
     },
     results=PROJECT_ROOT / "benchmarks" / "results" / "protonet_speed.json",
+    flops=counted_flops(_build_plain),
     warmup=10,
     rounds=20,
     iters_per_round=10,

@@ -50,7 +50,8 @@ class DataConfig:
     """Where a dataset (``task.family`` = its name) lives, how images are decoded, which split
     of an image dataset's classes into train / val / test is used (``split``; ``""``: the
     dataset's standard split; Omniglot: ``"vinyals"``, its standard, ``"vinyals-trainval"``,
-    the same but training on its train and val classes, or ``"versa"``), and the
+    the same but training on its train and val classes, or ``"maml"`` / ``"versa"``, the random
+    1100 / 100 / 423 character split of the MAML reference code that VERSA reuses), and the
     seed of the cold-start split of a ratings dataset (:mod:`fastadapt.recsys.cold_start`)."""
 
     root: str = ""

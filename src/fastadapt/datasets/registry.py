@@ -62,13 +62,16 @@ def _omniglot_vinyals_trainval(root: Path, split: str, download: bool) -> ClassS
     return _omniglot_archives(root, download).vinyals("trainval" if split == "train" else split)
 
 
-VERSA_CHARACTERS = (1100, 100, 423)
-"""Train / val / test characters of VERSA's Omniglot split (Gordon et al. 2019), drawn at
-random (seed 0 here), each rotation a class of its own."""
+RANDOM_CHARACTERS = (1100, 100, 423)
+"""Train / val / test characters of the MAML reference code's Omniglot split (Finn et al. 2017,
+``cbfinn/maml``, ``data_generator.py``: 1200 shuffled characters less 100 for validation, the
+other 423 for testing), which VERSA reuses (Gordon et al. 2019): drawn at random (seed 0 here),
+each rotation a class of its own. Test characters come from alphabets seen in training, unlike
+the Vinyals split's, which hold out whole alphabets."""
 
 
-def _omniglot_versa(root: Path, split: str, download: bool) -> ClassSet:
-    return _omniglot_archives(root, download).random_split(VERSA_CHARACTERS, seed=0)[split]
+def _omniglot_random(root: Path, split: str, download: bool) -> ClassSet:
+    return _omniglot_archives(root, download).random_split(RANDOM_CHARACTERS, seed=0)[split]
 
 
 def _cifar_fs(root: Path, split: str, download: bool) -> ClassSet:
@@ -107,7 +110,11 @@ DATASETS: dict[str, DatasetEntry] = {
         _omniglot,
         True,
         standard_split="vinyals",
-        other_splits={"vinyals-trainval": _omniglot_vinyals_trainval, "versa": _omniglot_versa},
+        other_splits={
+            "vinyals-trainval": _omniglot_vinyals_trainval,
+            "maml": _omniglot_random,
+            "versa": _omniglot_random,
+        },
     ),
     "cifar-fs": DatasetEntry(
         "Bertinetto et al. 2019: CIFAR-100 fine classes split 64 / 16 / 20, 32x32 RGB",

@@ -30,6 +30,7 @@ from typing import Any
 from _report import RESULTS, machine, write_json
 
 from fastadapt.config import load_preset
+from fastadapt.datasets.registry import DATASETS
 from fastadapt.engine.run import evaluate_run, train_run
 
 
@@ -128,6 +129,7 @@ def _run_setting(name: str, setting: Setting, args: argparse.Namespace) -> list[
                 "ece": metrics.get("ece"),
                 "episodes": ours["n"],
                 "queries": result["protocol"]["queries"],
+                "data_split": _split_name(config),
                 "training_steps": record.get("train_steps", config["train"]["steps"]),
                 "best_step": record["best"]["step"] if record.get("best") else None,
                 "train_hours": _hours(record.get("train_seconds")),
@@ -136,6 +138,12 @@ def _run_setting(name: str, setting: Setting, args: argparse.Namespace) -> list[
             }
         )
     return rows
+
+
+def _split_name(config: dict[str, Any]) -> str | None:
+    """The class split a run trained and tested on (its dataset's standard one when unset)."""
+    entry = DATASETS.get(config["task"]["family"])
+    return config["data"].get("split") or (entry.standard_split if entry else None) or None
 
 
 def _hours(seconds: float | None) -> float | None:

@@ -8,7 +8,8 @@ a uint8 cache that later runs memory-map. Three protocols are offered:
   most later work: 1028 / 172 / 423 characters (train / val / test), each rotation by
   0/90/180/270 degrees a class of its own (4112 / 688 / 1692 classes);
 - :meth:`Omniglot.random_split` — a seeded random split of characters with configurable sizes
-  (MAML: 1200 train / 423 test; VERSA: 1100 / 100 / 423), rotations as classes optional;
+  (MAML's and VERSA's code: 1100 train / 100 val / 423 test; Reptile's: 1200 train / 423
+  test), rotations as classes optional;
 - :meth:`Omniglot.lake` — Lake et al.'s protocol: the 30 background alphabets for training, and
   N-way one-shot tasks drawn *within* one of the 20 evaluation alphabets for testing.
 """
@@ -111,8 +112,9 @@ class Omniglot:
     ) -> dict[str, ClassSet]:
         """A seeded random split of the 1623 characters into ``train``/``val``/``test``.
 
-        ``sizes`` are numbers of characters (MAML: ``(1200, 0, 423)``; VERSA:
-        ``(1100, 100, 423)``); with ``rotations`` each character gives four classes.
+        ``sizes`` are numbers of characters (MAML's and VERSA's code: ``(1100, 100, 423)``;
+        Reptile's: ``(1200, 0, 423)``); with ``rotations`` each character gives four classes.
+        The same ``seed`` and total give the same test characters whatever the train/val cut.
         """
         if len(sizes) != 3 or any(s < 0 for s in sizes) or sum(sizes) > self.characters.num_classes:
             raise ValueError(

@@ -74,6 +74,19 @@ def _omniglot_random(root: Path, split: str, download: bool) -> ClassSet:
     return _omniglot_archives(root, download).random_split(RANDOM_CHARACTERS, seed=0)[split]
 
 
+def _omniglot_reptile(root: Path, split: str, download: bool) -> ClassSet:
+    """Reptile's protocol (Nichol et al. 2018, ``openai/supervised-reptile``,
+    ``run_omniglot.py``): training characters rotated into four classes each, the 423 test
+    characters *not* rotated. Its code trains on 1200 shuffled characters with no validation
+    set; here 100 of them validate (the same characters as :data:`RANDOM_CHARACTERS`), so the
+    test characters are those of ``maml``, unrotated (423 classes)."""
+    rotations = split != "test"
+    splits = _omniglot_archives(root, download).random_split(
+        RANDOM_CHARACTERS, seed=0, rotations=rotations
+    )
+    return splits[split]
+
+
 def _cifar_fs(root: Path, split: str, download: bool) -> ClassSet:
     from fastadapt.datasets.cifar import cifar_fs
 
@@ -102,8 +115,9 @@ DATASETS: dict[str, DatasetEntry] = {
     "omniglot": DatasetEntry(
         "Lake et al. 2015: 1623 handwritten characters x 20 drawers; Vinyals split with "
         "rotations as classes (4112 / 688 / 1692 classes); data.split=vinyals-trainval: trains on "
-        "train + val (4800 classes, Snell et al.); data.split=versa: VERSA's random "
-        "1100 / 100 / 423 characters (4400 / 400 / 1692 classes)",
+        "train + val (4800 classes, Snell et al.); data.split=maml or versa: MAML's and "
+        "VERSA's random 1100 / 100 / 423 characters (4400 / 400 / 1692 classes); "
+        "data.split=reptile: the same characters, test ones unrotated (4400 / 400 / 423)",
         "downloaded: images_background.zip, images_evaluation.zip (brendenlake/omniglot)",
         "omniglot",
         ("train", "val", "test"),
@@ -114,6 +128,7 @@ DATASETS: dict[str, DatasetEntry] = {
             "vinyals-trainval": _omniglot_vinyals_trainval,
             "maml": _omniglot_random,
             "versa": _omniglot_random,
+            "reptile": _omniglot_reptile,
         },
     ),
     "cifar-fs": DatasetEntry(

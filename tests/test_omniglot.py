@@ -220,9 +220,10 @@ def test_the_reptile_split_tests_the_maml_test_characters_unrotated(real_root):
     reptile, maml = (split_loader("omniglot", name) for name in ("reptile", "maml"))
     counts = [reptile(real_root, split, False).num_classes for split in ("train", "val", "test")]
     assert counts == [4400, 400, 423]
-    assert reptile(real_root, "train", False).class_names == maml(
-        real_root, "train", False
-    ).class_names
+    assert (
+        reptile(real_root, "train", False).class_names
+        == maml(real_root, "train", False).class_names
+    )
     rotated = maml(real_root, "test", False).class_names
     unrotated = reptile(real_root, "test", False).class_names
     assert sorted({name.rsplit("/", 1)[0] for name in rotated}) == sorted(unrotated)

@@ -15,7 +15,7 @@ evaluation's figures into its run folder (reliability diagram, or sinusoid predi
 
 Results go to ``benchmarks/results/<stem>.json`` (with ``--set`` overrides: ``<stem>_custom.json``,
 so that shortened runs never replace the full-length figures); rows of settings not run this
-time are kept from the previous file.
+time are kept from the previous file, so each row records the overrides it ran with.
 """
 
 from __future__ import annotations
@@ -85,7 +85,7 @@ def main(settings: dict[str, Setting], stem: str, description: str) -> None:
         kept = [
             row for row in json.loads(previous.read_text())["rows"] if row["setting"] not in ran
         ]
-    payload = {"machine": machine(), "overrides": args.set, "rows": kept + rows}
+    payload = {"machine": machine(), "rows": kept + rows}
     print(f"\nwrote {write_json(f'{stem}.json', payload)}", file=sys.stderr)
 
 
@@ -130,6 +130,7 @@ def _run_setting(name: str, setting: Setting, args: argparse.Namespace) -> list[
                 "episodes": ours["n"],
                 "queries": result["protocol"]["queries"],
                 "data_split": _split_name(config),
+                "overrides": list(args.set),
                 "training_steps": record.get("train_steps", config["train"]["steps"]),
                 "best_step": record["best"]["step"] if record.get("best") else None,
                 "train_hours": _hours(record.get("train_seconds")),

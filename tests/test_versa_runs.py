@@ -63,7 +63,8 @@ def test_class_splits_are_chosen_by_name(monkeypatch) -> None:
     assert registry.split_loader("omniglot", "versa")(None, "train", False) == "train classes"
     assert calls == [((1100, 100, 423), 0)]
     with pytest.raises(
-        ConfigError, match=r"choose one of \['vinyals', 'vinyals-trainval', 'maml', 'versa'\]"
+        ConfigError,
+        match=r"choose one of \['vinyals', 'vinyals-trainval', 'maml', 'versa', 'reptile'\]",
     ):
         registry.split_loader("omniglot", "lake")
     with pytest.raises(ConfigError, match="it has only its standard split"):

@@ -15,7 +15,8 @@ evaluation's figures into its run folder (reliability diagram, or sinusoid predi
 
 Results go to ``benchmarks/results/<stem>.json`` (with ``--set`` overrides: ``<stem>_custom.json``,
 so that shortened runs never replace the full-length figures); rows of settings not run this
-time are kept from the previous file, so each row records the overrides it ran with.
+time are kept from the previous file, so each row records the overrides its run was trained
+with.
 """
 
 from __future__ import annotations
@@ -130,7 +131,7 @@ def _run_setting(name: str, setting: Setting, args: argparse.Namespace) -> list[
                 "episodes": ours["n"],
                 "queries": result["protocol"]["queries"],
                 "data_split": _split_name(config),
-                "overrides": list(args.set),
+                "overrides": _overrides(config, setting),
                 "training_steps": record.get("train_steps", config["train"]["steps"]),
                 "best_step": record["best"]["step"] if record.get("best") else None,
                 "train_hours": _hours(record.get("train_seconds")),
@@ -145,6 +146,20 @@ def _split_name(config: dict[str, Any]) -> str | None:
     """The class split a run trained and tested on (its dataset's standard one when unset)."""
     entry = DATASETS.get(config["task"]["family"])
     return config["data"].get("split") or (entry.standard_split if entry else None) or None
+
+
+def _overrides(config: dict[str, Any], setting: Setting) -> list[str]:
+    """The ``key=value`` settings by which a run's configuration differs from its setting's:
+    what it was trained with beyond the preset, read from the run (so also under ``--reuse``)."""
+    base = load_preset(setting.preset).override(list(setting.overrides)).to_dict()
+    base = json.loads(json.dumps(base))
+    return [
+        f"{section}.{key}={json.dumps(value)}"
+        for section, fields in config.items()
+        if isinstance(fields, dict)
+        for key, value in fields.items()
+        if value != base[section].get(key)
+    ]
 
 
 def _hours(seconds: float | None) -> float | None:

@@ -9,7 +9,13 @@ fused for fastadapt, as its trainer uses it). Second order by default; ``--first
 first-order MAML instead (results in ``maml_conv4_speed_first_order.json``). Rows:
 
 - ``fastadapt``: ``MAML(Conv4(1, ways=5))`` and ``meta_loss`` on the ``TaskBatch``;
+- ``fastadapt, bfloat16``: the same in mixed precision (``train.precision = "bfloat16"``,
+  ``fastadapt.nn.precision``): the backbone in bfloat16, losses, weights and optimiser in
+  float32. Not the float32 workload of the other rows: a separate figure, fast on CPUs with
+  AMX or AVX-512 BF16 units;
 - ``torch.func loop``: plain PyTorch, ``functional_call`` and ``autograd.grad`` per task;
+- ``torch.func loop, bfloat16``: the same with its whole step under bfloat16 autocast, what
+  mixed precision gives without fastadapt;
 - ``torchmeta``, ``learn2learn``, ``higher``, ``torchopt``: each peer's documented MAML step
   (``benchmarks/_maml_peers.py``), a loop over tasks.
 
@@ -100,8 +106,9 @@ def _workload() -> MamlWorkload:
     )
 
 
-def _build_fastadapt() -> tuple[Step, str]:
+def _build_fastadapt(precision: str = "float32") -> tuple[Step, str]:
     from fastadapt import MAML, Conv4, TaskBatch
+    from fastadapt.nn.precision import training_autocast
 
     model = Conv4(1, HIDDEN, ways=WAYS)
     model.load_state_dict(_initial_weights())
@@ -111,12 +118,26 @@ def _build_fastadapt() -> tuple[Step, str]:
 
     def step() -> torch.Tensor:
         optimizer.zero_grad()
-        loss = learner.meta_loss(batch).loss
+        with training_autocast(torch.device("cpu"), precision):
+            loss = learner.meta_loss(batch).loss
         loss.backward()
         optimizer.step()
         return loss.detach()
 
-    return step, f"batch_mode={learner.batch_mode}, fused Adam"
+    note = f"batch_mode={learner.batch_mode}, fused Adam"
+    return step, note + (f", {precision} autocast" if precision != "float32" else "")
+
+
+def _build_torch_func_loop_bfloat16() -> tuple[Step, str]:
+    """The plain PyTorch row with its whole step under bfloat16 autocast, as a user would add
+    it: what mixed precision alone gives, beside fastadapt's bfloat16 row."""
+    step, note = build_torch_func_loop(_workload())
+
+    def mixed_step() -> torch.Tensor:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            return step()
+
+    return mixed_step, note + ", bfloat16 autocast"
 
 
 _ORDER = "first_order" if FIRST_ORDER else "second_order"
@@ -126,7 +147,9 @@ BENCHMARK = Benchmark(
     description=__doc__.split("\n\n")[0],
     impls={
         OURS: Impl("fastadapt", _build_fastadapt, peer=False),
+        f"{OURS}, bfloat16": Impl("fastadapt", lambda: _build_fastadapt("bfloat16"), peer=False),
         BASELINE: Impl("torch", lambda: build_torch_func_loop(_workload()), peer=False),
+        f"{BASELINE}, bfloat16": Impl("torch", _build_torch_func_loop_bfloat16, peer=False),
         **peer_impls(_workload),
     },
     peers=PEERS,

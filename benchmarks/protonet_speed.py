@@ -15,8 +15,14 @@ seed, same tensors for everyone), so the timing is the training step itself. Row
 - ``fastadapt, textbook Conv-4``: the same ``ProtoNet`` around the plain
   ``nn.Sequential(conv, BatchNorm, ReLU, pool)`` stack that the peers use: what the backbone
   contributes.
+- ``fastadapt, bfloat16``: the first row in mixed precision (``train.precision =
+  "bfloat16"``, :mod:`fastadapt.nn.precision`): the backbone in bfloat16, the head, loss and
+  weights in float32. Not the float32 workload of the other rows: a separate figure, fast on
+  CPUs with AMX or AVX-512 BF16 units.
 - ``plain PyTorch``: the textbook stack and the paper authors' recipe (support and query
   embedded in one pass, prototypes by ``mean``, squared distances by broadcasting).
+- ``plain PyTorch, bfloat16``: the same with the backbone under bfloat16 autocast, what mixed
+  precision gives without fastadapt.
 - ``easyfsl``: ``PrototypicalNetworks(backbone)``: ``process_support_set`` then the query
   forward (its scores are minus the *unsquared* Euclidean distance, ``torch.cdist``).
 - ``learn2learn``: ``l2l.nn.PrototypicalClassifier`` (``fit_`` on the support embeddings).
@@ -115,9 +121,10 @@ def _training_step(parameters: object, loss_of_episode: Step, fused: bool = Fals
     return step
 
 
-def _build_fastadapt(textbook: bool) -> tuple[Step, str]:
+def _build_fastadapt(textbook: bool, precision: str = "float32") -> tuple[Step, str]:
     from fastadapt import ProtoNet, TaskBatch
     from fastadapt.nn.conv4 import Conv4
+    from fastadapt.nn.precision import training_autocast
 
     backbone = _textbook_conv4(track_running_stats=False) if textbook else Conv4(1, HIDDEN)
     learner = ProtoNet(_load(backbone))
@@ -126,23 +133,33 @@ def _build_fastadapt(textbook: bool) -> tuple[Step, str]:
         e.support_x.unsqueeze(0), e.support_y.unsqueeze(0), e.query_x.unsqueeze(0),
         e.query_y.unsqueeze(0),
     )  # fmt: skip
-    step = _training_step(learner.parameters(), lambda: learner.meta_loss(batch).loss, True)
-    return step, "ProtoNet.meta_loss, fused Adam" + (", textbook Conv-4" if textbook else "")
+
+    def loss() -> torch.Tensor:
+        with training_autocast(torch.device("cpu"), precision):
+            return learner.meta_loss(batch).loss
+
+    step = _training_step(learner.parameters(), loss, True)
+    note = "ProtoNet.meta_loss, fused Adam" + (", textbook Conv-4" if textbook else "")
+    return step, note + (f", {precision} autocast" if precision != "float32" else "")
 
 
-def _build_plain() -> tuple[Step, str]:
+def _build_plain(precision: str = "float32") -> tuple[Step, str]:
     model = _load(_textbook_conv4())
     e = _episode()
     images = torch.cat([e.support_x, e.query_x])
 
     def loss() -> torch.Tensor:
-        embeddings = model(images)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bfloat16"):
+            embeddings = model(images).float()
         support, query = embeddings[: WAYS * SHOTS], embeddings[WAYS * SHOTS :]
         prototypes = support.view(WAYS, SHOTS, -1).mean(dim=1)
         distances = (query.unsqueeze(1) - prototypes.unsqueeze(0)).pow(2).sum(dim=2)
         return F.cross_entropy(-distances, e.query_y)
 
-    return _training_step(model.parameters(), loss), "one pass over support + query"
+    note = "one pass over support + query"
+    return _training_step(model.parameters(), loss), note + (
+        f", {precision} autocast of the backbone" if precision != "float32" else ""
+    )
 
 
 def _build_easyfsl() -> tuple[Step, str]:
@@ -198,7 +215,11 @@ BENCHMARK = Benchmark(
         f"{OURS}, textbook Conv-4": Impl(
             "fastadapt", lambda: _build_fastadapt(textbook=True), False, None, False
         ),
+        f"{OURS}, bfloat16": Impl(
+            "fastadapt", lambda: _build_fastadapt(False, "bfloat16"), False, None, False
+        ),
         BASELINE: Impl("torch", _build_plain, peer=False),
+        f"{BASELINE}, bfloat16": Impl("torch", lambda: _build_plain("bfloat16"), peer=False),
         "easyfsl": Impl("easyfsl", _build_easyfsl, True, "easyfsl", shared_data=False),
         "learn2learn": Impl("learn2learn", _build_learn2learn, peer=True, shim="l2l"),
         "torchmeta": Impl("torchmeta", _build_torchmeta, peer=True, shim="torchmeta"),

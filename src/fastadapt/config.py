@@ -21,6 +21,7 @@ from fastadapt.algorithms.matching import SIMILARITIES
 from fastadapt.algorithms.reptile import INNER_OPTIMIZERS
 from fastadapt.errors import ConfigError
 from fastadapt.nn.conv4 import DOWNSAMPLING
+from fastadapt.nn.precision import PRECISIONS
 
 RL_FAMILIES = ("nav2d", "cheetah-vel", "cheetah-dir")
 """The meta-reinforcement-learning task families (:mod:`fastadapt.rl`)."""
@@ -104,6 +105,12 @@ class AlgorithmConfig:
 
 @dataclass
 class TrainConfig:
+    """How a run trains (:class:`fastadapt.engine.trainer.TrainSchedule` documents the
+    schedule's keys). ``precision`` is ``"float32"`` or ``"bfloat16"``: mixed precision, each
+    training step's forward pass under autocast with the backbone in bfloat16 and the heads,
+    losses, weights and optimiser in float32 (:mod:`fastadapt.nn.precision`); validation and
+    evaluation run in float32."""
+
     steps: int = 70_000
     max_hours: float | None = None
     meta_batch: int = 25
@@ -114,6 +121,7 @@ class TrainConfig:
     lr_schedule: str = "step"
     weight_decay: float = 0.0
     task_chunk: int | None = None
+    precision: str = "float32"
     val_every: int = 1000
     val_tasks: int = 100
     checkpoint_every: int = 1000
@@ -286,6 +294,7 @@ class RunConfig:
                 )
         choices = {
             "train.lr_schedule": (self.train.lr_schedule, LR_SCHEDULES),
+            "train.precision": (self.train.precision, tuple(PRECISIONS)),
             "algorithm.inner_optimizer": (self.algorithm.inner_optimizer, INNER_OPTIMIZERS),
             "model.downsample": (self.model.downsample, DOWNSAMPLING),
             "algorithm.similarity": (self.algorithm.similarity, SIMILARITIES),
@@ -318,6 +327,12 @@ class RunConfig:
                         f"{key} applies to meta-RL families only ({', '.join(RL_FAMILIES)}), "
                         f"not {self.task.family!r}; leave it at {default}."
                     )
+        if self.task.family in RL_FAMILIES and self.train.precision != "float32":
+            raise ConfigError(
+                f"train.precision={self.train.precision!r} is not available for meta-RL "
+                f"({self.task.family!r}), whose small policies gain nothing from it; "
+                "leave train.precision at float32."
+            )
         if self.model.item_prior and self.model.kind != "melu":
             raise ConfigError(
                 f"model.item_prior is an option of model.kind=melu, not {self.model.kind!r}; "

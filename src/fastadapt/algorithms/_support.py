@@ -10,6 +10,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from fastadapt.nn.precision import float32_region
+
 
 def single_task(
     support_x: torch.Tensor, support_y: torch.Tensor
@@ -96,6 +98,7 @@ def _missing(present: torch.Tensor, lo: int, hi: int) -> str:
     return f"; task {tasks[0]} has no support example of class(es) {labels}"
 
 
+@float32_region
 def class_means(features: torch.Tensor, labels: torch.Tensor, ways: int) -> torch.Tensor:
     """Mean feature of each class, for every task at once: ``[B, n, D]`` → ``[B, ways, D]``.
 

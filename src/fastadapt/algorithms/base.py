@@ -18,6 +18,7 @@ from torch import nn
 
 from fastadapt.algorithms.rating_metrics import masked_mean, rating_metrics
 from fastadapt.engine.calibration import CALIBRATION, calibration_counts
+from fastadapt.nn.precision import float32_region
 from fastadapt.tasks.task import TaskBatch
 
 #: ``rating`` is regression of ratings ``[n, 1]`` scored per user by MAE, RMSE and nDCG@k
@@ -74,6 +75,7 @@ class GaussianPredictor(Predictor):
             return self._distribution(x)[1]
 
 
+@float32_region
 def task_loss(problem: Problem, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Loss of one task: cross-entropy over the task's classes, else mean squared error."""
     if problem == "classification":
@@ -127,6 +129,7 @@ class MetaLearner(nn.Module, ABC):
     def task_metrics(self, batch: TaskBatch) -> dict[str, torch.Tensor]:
         """Per-task evaluation metrics, each a tensor ``[B]`` (e.g. ``mse``, ``accuracy``)."""
 
+    @float32_region
     def task_losses(
         self, output: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None
     ) -> torch.Tensor:
@@ -143,6 +146,7 @@ class MetaLearner(nn.Module, ABC):
             per_example = ((output - target) ** 2).reshape(*target.shape[:2], -1).mean(dim=-1)
         return masked_mean(per_example, mask)
 
+    @float32_region
     def query_metrics(
         self, output: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None
     ) -> dict[str, torch.Tensor]:
@@ -155,6 +159,7 @@ class MetaLearner(nn.Module, ABC):
             metrics.update(rating_metrics(output[..., 0], target[..., 0], mask))
         return metrics
 
+    @float32_region
     def evaluation_metrics(
         self, output: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None
     ) -> dict[str, torch.Tensor]:

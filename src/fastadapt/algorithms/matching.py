@@ -50,6 +50,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fastadapt.algorithms.base import LossOutput, MetaLearner, Predictor
+from fastadapt.nn.precision import float32_region
 from fastadapt.tasks.task import TaskBatch
 
 Similarity = Literal["cosine", "support_cosine"]
@@ -164,7 +165,12 @@ class MatchingNet(MetaLearner):
     ) -> torch.Tensor:
         """log ŷ ``[B, Q, ways]`` for batched tasks (Eq. 1-2)."""
         _check_inputs(support_x, support_y, query_x)
-        g, f = self._embed(support_x, query_x)
+        return self._attend(*self._embed(support_x, query_x), support_y)
+
+    @float32_region
+    def _attend(self, g: torch.Tensor, f: torch.Tensor, support_y: torch.Tensor) -> torch.Tensor:
+        """log ŷ ``[B, Q, ways]`` from support and query embeddings ``[B, S, D]`` and
+        ``[B, Q, D]``: full context embeddings (if ``fce``), then the attention (Eq. 1-2)."""
         if self.fce:
             g = self._context_support(g)
             f = self._context_query(f, g)

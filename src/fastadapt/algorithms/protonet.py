@@ -30,6 +30,7 @@ from torch import nn
 
 from fastadapt.algorithms._support import check_class_labels, class_means, single_task
 from fastadapt.algorithms.base import LossOutput, MetaLearner, Predictor
+from fastadapt.nn.precision import float32_region
 from fastadapt.tasks.task import TaskBatch
 
 DISTANCES = ("euclidean", "cosine")
@@ -108,6 +109,7 @@ class ProtoNet(MetaLearner):
             )
         return z.reshape(tasks, n, -1)
 
+    @float32_region
     def _logits(self, query: torch.Tensor, prototypes: torch.Tensor) -> torch.Tensor:
         """Negative distances (Eq. 2): ``[B, m, D]`` and ``[B, ways, D]`` → ``[B, m, ways]``."""
         if self.distance == "cosine":

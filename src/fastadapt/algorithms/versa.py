@@ -62,6 +62,7 @@ from torch import nn
 from fastadapt.algorithms._support import check_class_labels, class_means, single_task
 from fastadapt.algorithms.base import LossOutput, MetaLearner, Predictor
 from fastadapt.nn.amortisation import GaussianAmortisation
+from fastadapt.nn.precision import float32_region
 from fastadapt.tasks.task import TaskBatch
 
 EVAL_NOISE_SEED = 0
@@ -153,6 +154,7 @@ class Versa(MetaLearner):
             )
         return z
 
+    @float32_region
     def _head(
         self, support: torch.Tensor, labels: torch.Tensor, ways: int
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -163,6 +165,7 @@ class Versa(MetaLearner):
         bias_mean, bias_variance = self.bias_amortisation(pooled)
         return weight_mean, weight_variance, bias_mean.squeeze(-1), bias_variance.squeeze(-1)
 
+    @float32_region
     def _predict(
         self,
         query: torch.Tensor,

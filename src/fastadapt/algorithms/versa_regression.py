@@ -41,6 +41,7 @@ from torch import nn
 
 from fastadapt.algorithms.base import GaussianPredictor, LossOutput, MetaLearner
 from fastadapt.nn.amortisation import GaussianAmortisation, floored_variance
+from fastadapt.nn.precision import float32_region
 from fastadapt.tasks.task import TaskBatch
 
 
@@ -149,6 +150,7 @@ class VersaRegression(MetaLearner):
             )
         return z.reshape(tasks, n, -1)
 
+    @float32_region
     def _head(
         self, support: torch.Tensor, targets: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -159,6 +161,7 @@ class VersaRegression(MetaLearner):
         variance = variance.unflatten(-1, (self.out_features, self.feature_dim + 1))
         return mean[..., :-1], variance[..., :-1], mean[..., -1], variance[..., -1]
 
+    @float32_region
     def _predict(
         self,
         query: torch.Tensor,

@@ -133,6 +133,7 @@ def _train_run(
         lr_decay_every=config.train.lr_decay_every,
         lr_schedule=config.train.lr_schedule,
         task_chunk=config.train.task_chunk,
+        precision=config.train.precision,
         val_every=config.train.val_every,
         val_tasks=config.train.val_tasks,
         eval_batch=config.eval.batch,

@@ -35,6 +35,7 @@ from fastadapt.engine.evaluate import Estimate, evaluate
 from fastadapt.engine.metrics_log import MetricsLog
 from fastadapt.engine.training_clock import TrainingClock
 from fastadapt.errors import ConfigError, NonFiniteLossError
+from fastadapt.nn.precision import training_autocast
 from fastadapt.tasks.task import TaskBatch
 
 
@@ -52,6 +53,9 @@ class TrainSchedule:
     episodes); with ``lr_schedule="linear"``, ``lr * (1 - s / steps)``, down to 0 at the last
     step (Reptile's annealed outer step size). Either is a pure function of the step, so
     resuming needs no scheduler state.
+
+    ``precision="bfloat16"`` runs each step's forward pass in mixed precision
+    (:mod:`fastadapt.nn.precision`); validation runs in float32.
     """
 
     steps: int
@@ -62,6 +66,7 @@ class TrainSchedule:
     lr_decay_every: int | None = None
     lr_schedule: str = "step"
     task_chunk: int | None = None
+    precision: str = "float32"
     val_every: int = 1000
     val_tasks: int = 100
     eval_batch: int = 100
@@ -249,11 +254,13 @@ class Trainer:
         totals: dict[str, torch.Tensor] = {}
         for start in range(0, size, chunk):
             part = batch[start : start + chunk]
-            output = self.learner.meta_loss(part)
-            finite = bool(torch.isfinite(output.loss))
-            if distributed.any_rank(not finite):
-                value = output.loss.item() if not finite else "non-finite in another process"
+            with training_autocast(self.device, self.schedule.precision):
+                output = self.learner.meta_loss(part)
+                finite = bool(torch.isfinite(output.loss))
+                failed = distributed.any_rank(not finite)
                 cause = self.learner.explain_non_finite(part) if not finite else None
+            if failed:
+                value = output.loss.item() if not finite else "non-finite in another process"
                 raise NonFiniteLossError(
                     f"the meta-loss became {value} at step {step + 1}"
                     f"{f' ({cause})' if cause else ''}; training stopped. The last good "

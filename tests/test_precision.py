@@ -3,6 +3,8 @@ losses and batch statistics in float32, and the trainer's choice of context."""
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 from conftest import TINY_RUN
@@ -13,7 +15,7 @@ from fastadapt.engine.checkpoint import load_checkpoint
 from fastadapt.engine.run import train_run
 from fastadapt.errors import ConfigError
 from fastadapt.nn.folded_conv_block import folded_conv_block
-from fastadapt.nn.precision import float32_region, training_autocast
+from fastadapt.nn.precision import float32_region, training_autocast, warn_if_unsupported
 
 BF16 = dict(device_type="cpu", dtype=torch.bfloat16)
 
@@ -122,3 +124,12 @@ def test_precision_is_checked_in_the_configuration() -> None:
         load_preset("protonet-omniglot-1shot").override(["train.precision=half"])
     with pytest.raises(ConfigError, match="not available for meta-RL"):
         load_preset("nav2d-maml-trpo").override(["train.precision=bfloat16"])
+
+
+def test_bfloat16_without_native_support_warns(monkeypatch) -> None:
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: False)
+    with pytest.warns(UserWarning, match="no native support on this CPU"):
+        warn_if_unsupported(torch.device("cpu"), "bfloat16")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        warn_if_unsupported(torch.device("cpu"), "float32")

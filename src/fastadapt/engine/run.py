@@ -52,6 +52,7 @@ from fastadapt.engine.plots import (
 from fastadapt.engine.trainer import Trainer, TrainSchedule
 from fastadapt.errors import ConfigError, RunDirectoryError
 from fastadapt.io.atomic import atomic_write_text
+from fastadapt.nn.precision import warn_if_unsupported
 from fastadapt.tasks.sinusoid import SinusoidTasks
 
 #: Settings that a resumed run may change without changing what it computes (the batching
@@ -124,6 +125,7 @@ def _train_run(
     optimizer = build_optimizer(config, learner)
     if distributed.is_main():
         atomic_write_text(out / "config.json", json.dumps(config.to_dict(), indent=2) + "\n")
+    warn_if_unsupported(device, config.train.precision)
     schedule = TrainSchedule(
         steps=config.train.steps,
         meta_batch=config.train.meta_batch,

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import warnings
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -49,6 +50,24 @@ def training_autocast(
     if dtype is None:
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def warn_if_unsupported(device: torch.device, precision: str) -> None:
+    """Warn when ``precision`` has no native support on ``device``, where it would train
+    slower than float32: bfloat16 on a CPU without AVX-512 BF16 or AMX units (as oneDNN
+    reports it) or on a GPU without bfloat16 arithmetic."""
+    if PRECISIONS.get(precision) is not torch.bfloat16:
+        return
+    if device.type == "cuda":
+        supported = torch.cuda.is_bf16_supported()
+    else:
+        supported = device.type != "cpu" or torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    if not supported:
+        warnings.warn(
+            f"train.precision=bfloat16 has no native support on this {device.type.upper()}: "
+            "training will likely be slower than in float32; set train.precision=float32.",
+            stacklevel=2,
+        )
 
 
 def float32_region(function: F) -> F:

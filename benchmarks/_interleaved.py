@@ -32,7 +32,6 @@ import math
 import os
 import platform
 import random
-import resource
 import select
 import statistics
 import subprocess
@@ -45,6 +44,7 @@ from pathlib import Path
 from typing import IO, Any
 
 import torch
+from _memory import peak_rss_mib
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_PEERS_PYTHON = os.path.normpath(PROJECT_ROOT.parent / "peers-venv" / "bin" / "python")
@@ -166,7 +166,7 @@ def _serve(bench: Benchmark, args: argparse.Namespace, protocol: IO[str]) -> Non
     loss = torch.tensor(math.nan)
     for line in sys.stdin if step is not None else ():
         if line.strip() == "quit":
-            answer = {"final_loss": loss.item(), "peak_rss_mib": _peak_rss_mib()}
+            answer = {"final_loss": loss.item(), "peak_rss_mib": peak_rss_mib()}
             print(json.dumps(answer), file=protocol, flush=True)
             return
         step()  # untimed: the first step after an idle wait runs ~1.5x slower
@@ -182,11 +182,6 @@ def _run_in_process(bench: Benchmark, args: argparse.Namespace) -> dict[str, Any
         row["final_loss"] = loss.item()
         _summarise(bench, {args.impl: row}, {args.impl: [[1e3 * t for t in times]]})
     return row
-
-
-def _peak_rss_mib() -> float:
-    """This process's peak resident memory (Linux reports ``ru_maxrss`` in KiB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def _percentile(sorted_values: Sequence[float], q: float) -> float:

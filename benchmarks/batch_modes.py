@@ -12,7 +12,8 @@ workloads:
   Conv-4 with stride-2 convolutions, 5-way 1-shot with 1 query per class, meta-batch 32.
 
 Each (workload, mode) runs in a fresh subprocess so that its peak resident memory
-(``ru_maxrss``) is its own; modes alternate in rounds so drifts in machine load hit both.
+(``VmHWM``, :mod:`_memory`) is its own; modes alternate in rounds so drifts in machine load
+hit both.
 
     python benchmarks/batch_modes.py [--rounds 3] [--iters 5] [--threads 2]
 
@@ -23,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import statistics
 import subprocess
 import sys
@@ -31,6 +31,7 @@ import time
 from pathlib import Path
 
 import torch
+from _memory import peak_rss_mib
 
 from fastadapt import MAML, MLP
 from fastadapt.nn.batching import resolve_batch_mode
@@ -77,7 +78,7 @@ def _worker(name: str, mode: str, iters: int, warmup: int) -> None:
         optimizer.step()
         if i >= warmup:
             times.append(time.perf_counter() - start)
-    peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak_mib = peak_rss_mib()
     print(json.dumps({"times": times, "peak_mib": peak_mib}))
 
 

@@ -52,6 +52,52 @@ def test_adam_with_zero_momentum_takes_normalised_steps() -> None:
     assert _reptile_step(learner, _two_tasks(), outer_lr=1.0) == pytest.approx(1.05, abs=1e-6)
 
 
+def _pull_tasks() -> TaskBatch:
+    """Two tasks at x = 1 with targets 3 and 2: from w = 1 both gradients are negative."""
+    x = torch.tensor([[[1.0]], [[1.0]]])
+    y = torch.tensor([[[3.0]], [[2.0]]])
+    return TaskBatch(x, y, x.clone(), y.clone())
+
+
+def test_persistent_adam_state_carries_over_to_the_next_task() -> None:
+    # One Adam step (β1 = 0, β2 = 0.999) per task, lr 0.1, from w = 1.
+    # Task 1: g = 2 (1 - 3) = -4, v = 0.001 · 16, t = 1, v̂ = 16: w = 1 + 0.1 · 4 / 4 = 1.1.
+    # Task 2: g = 2 (1 - 2) = -2. Per task: v̂ = 4, w = 1.1 as well, so θ ← 1.1 (ε = 1).
+    # Persistent: v = 0.999 · 0.016 + 0.001 · 4, t = 2, v̂ = v / (1 - 0.999²),
+    # w = 1 + 0.1 · 2 / √v̂, and θ ← the mean of the two tasks' weights.
+    v = 0.999 * 0.016 + 0.001 * 4
+    task_2 = 1 + 0.1 * 2 / (v / (1 - 0.999**2)) ** 0.5
+    for state, expected in (("per_task", 1.1), ("persistent", (1.1 + task_2) / 2)):
+        learner = Reptile(_line(1.0), problem="regression", inner_steps=1, inner_lr=0.1,
+                          inner_optimizer="adam", inner_state=state)  # fmt: skip
+        assert _reptile_step(learner, _pull_tasks(), outer_lr=1.0) == pytest.approx(expected)
+    assert learner.get_buffer("inner_adam_steps").item() == 2
+    assert learner.get_buffer("inner_second_moment_0").item() == pytest.approx(v)
+
+
+def test_evaluation_reads_the_persistent_state_without_changing_it() -> None:
+    learner = Reptile(_line(1.0), problem="regression", inner_steps=1, inner_lr=0.1,
+                      inner_optimizer="adam", inner_state="persistent")  # fmt: skip
+    learner.meta_loss(_pull_tasks())  # two training tasks: v and t as in the test above
+    state = {name: b.clone() for name, b in learner.named_buffers()}
+    # From the stored state (v = 0.019984, t = 2) a gradient of -4 at w = 1 moves w by
+    # 0.1 · 4 / √v̂, not by the fresh state's 0.1.
+    v = 0.999 * (0.999 * 0.016 + 0.001 * 4) + 0.001 * 16
+    expected = 1 + 0.1 * 4 / (v / (1 - 0.999**3)) ** 0.5
+    predictor = learner.adapt(torch.tensor([[1.0]]), torch.tensor([[3.0]]))
+    assert predictor.predict(torch.tensor([[1.0]])).item() == pytest.approx(expected)
+    for name, buffer in learner.named_buffers():
+        assert torch.equal(buffer, state[name])
+    restored = Reptile(_line(1.0), problem="regression", inner_steps=1, inner_lr=0.1,
+                       inner_optimizer="adam", inner_state="persistent")  # fmt: skip
+    restored.load_state_dict(learner.state_dict())
+    again = restored.adapt(torch.tensor([[1.0]]), torch.tensor([[3.0]]))
+    assert (
+        again.predict(torch.tensor([[1.0]])).item()
+        == predictor.predict(torch.tensor([[1.0]])).item()
+    )
+
+
 def test_metrics_and_surrogate_gradient_direction() -> None:
     learner = Reptile(_line(1.0), problem="regression", inner_steps=2, inner_lr=0.1,
                       inner_optimizer="sgd")  # fmt: skip
@@ -96,6 +142,8 @@ def test_meta_training_lowers_the_adapted_query_loss() -> None:
         ({"inner_steps": 0}, "inner_steps must be positive"),
         ({"inner_lr": -1.0}, "inner_lr must be positive"),
         ({"eval_inner_batch": 0}, "eval_inner_batch must be positive"),
+        ({"inner_state": "global"}, "inner_state must be one of"),
+        ({"inner_state": "persistent", "inner_optimizer": "sgd"}, "use inner_optimizer='adam'"),
     ],
 )
 def test_bad_arguments_are_named(kwargs: dict, message: str) -> None:
@@ -104,7 +152,8 @@ def test_bad_arguments_are_named(kwargs: dict, message: str) -> None:
 
 
 def test_reptile_preset_trains_and_evaluates(fake_omniglot, tmp_path) -> None:
-    settings = [*TINY_RUN, "task.queries=3", "eval.inner_steps=3", "eval.inner_batch=3"]
+    settings = [*TINY_RUN, "task.queries=3", "eval.inner_steps=3", "eval.inner_batch=3",
+                "algorithm.inner_state=persistent"]  # fmt: skip
     config = load_preset("reptile-omniglot-5way-1shot").override(settings)
     record = train_run(config, tmp_path / "run", progress=False)
     assert record["protocol"]["algorithm"] == "reptile"

@@ -18,7 +18,7 @@ from importlib import resources
 from typing import Any
 
 from fastadapt.algorithms.matching import SIMILARITIES
-from fastadapt.algorithms.reptile import INNER_OPTIMIZERS
+from fastadapt.algorithms.reptile import INNER_OPTIMIZERS, INNER_STATES
 from fastadapt.errors import ConfigError
 from fastadapt.nn.conv4 import DOWNSAMPLING
 from fastadapt.nn.precision import PRECISIONS
@@ -100,6 +100,7 @@ class AlgorithmConfig:
     similarity: str = "cosine"
     inner_optimizer: str = "sgd"
     inner_batch: int | None = None
+    inner_state: str = "per_task"
     samples: int = 10
 
 
@@ -296,6 +297,7 @@ class RunConfig:
             "train.lr_schedule": (self.train.lr_schedule, LR_SCHEDULES),
             "train.precision": (self.train.precision, tuple(PRECISIONS)),
             "algorithm.inner_optimizer": (self.algorithm.inner_optimizer, INNER_OPTIMIZERS),
+            "algorithm.inner_state": (self.algorithm.inner_state, INNER_STATES),
             "model.downsample": (self.model.downsample, DOWNSAMPLING),
             "algorithm.similarity": (self.algorithm.similarity, SIMILARITIES),
         }

@@ -203,6 +203,7 @@ def _reptile(config: RunConfig, model: nn.Module, problem: str) -> MetaLearner:
         inner_lr=algo.inner_lr,
         inner_optimizer=algo.inner_optimizer,
         inner_batch=algo.inner_batch,
+        inner_state=algo.inner_state,
         eval_inner_steps=evaluation.inner_steps,
         eval_inner_lr=evaluation.inner_lr,
         eval_inner_batch=evaluation.inner_batch,

@@ -8,7 +8,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fastadapt.algorithms.base import MetaLearner
+from fastadapt.algorithms.maml import MAML
+from fastadapt.algorithms.matching import MatchingNet
 from fastadapt.algorithms.protonet import ProtoNet
+from fastadapt.algorithms.reptile import Reptile
+from fastadapt.algorithms.versa import Versa
 from fastadapt.engine.calibration import (
     calibration_counts,
     ece_name,
@@ -69,7 +74,18 @@ def test_ece_is_pooled_over_tasks_with_a_bootstrap_interval() -> None:
     )
 
 
-def test_every_classifier_evaluation_reports_nll_accuracy_and_ece() -> None:
+def _learners() -> dict[str, MetaLearner]:
+    return {
+        "protonet": ProtoNet(nn.Identity()),
+        "matching": MatchingNet(nn.Identity()),
+        "maml": MAML(nn.Linear(4, 3), problem="classification", inner_steps=1, inner_lr=0.1),
+        "reptile": Reptile(nn.Linear(4, 3), inner_steps=2, inner_lr=0.01),
+        "versa": Versa(nn.Identity(), feature_dim=4, samples=3),
+    }
+
+
+@pytest.mark.parametrize("name", list(_learners()))
+def test_every_classifier_evaluation_reports_nll_accuracy_and_ece(name: str) -> None:
     generator = torch.Generator().manual_seed(0)
     centres = 3 * torch.randn(40, 3, 4, generator=generator)
     noise = torch.randn(40, 9, 4, generator=generator)
@@ -80,9 +96,12 @@ def test_every_classifier_evaluation_reports_nll_accuracy_and_ece() -> None:
         i = list(indices)
         return TaskBatch(points[i, :3], labels[i, :3], points[i, 3:], labels[i, 3:])
 
-    learner = ProtoNet(nn.Identity())
+    learner = _learners()[name]
     estimates = evaluate(learner, tasks, num_tasks=40, batch_size=16)
-    assert set(estimates) == {"nll", "accuracy", "ece"}
+    assert {"nll", "accuracy", "ece"} <= set(estimates)  # MAML adds the same per inner step
+    assert 0 < estimates["ece"].mean < 1 and estimates["ece"].ci95 > 0
+    if name != "protonet":
+        return
     logits = learner._query_logits(tasks(range(40)))
     nll = F.cross_entropy(logits.flatten(0, 1), labels[:, 3:].flatten(), reduction="none")
     assert estimates["nll"].mean == pytest.approx(nll.view(40, 6).mean(dim=1).mean().item())

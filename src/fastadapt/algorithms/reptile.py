@@ -156,12 +156,14 @@ class Reptile(MetaLearner):
         return LossOutput(surrogate, metrics)  # type: ignore[arg-type]
 
     def task_metrics(self, batch: TaskBatch) -> dict[str, torch.Tensor]:
-        """Per-task query metrics ``[B]`` after ``eval_inner_steps`` steps on each support set."""
+        """Per-task query metrics ``[B]`` after ``eval_inner_steps`` steps on each support set
+        (:meth:`~fastadapt.algorithms.base.MetaLearner.evaluation_metrics`: ``mse``, or ``nll``,
+        ``accuracy`` and calibration statistics)."""
         outputs = []
         for b in range(batch.num_tasks):
             predictor = self.adapt(batch.support_x[b], batch.support_y[b])
-            outputs.append(predictor(batch.query_x[b]))
-        return self.query_metrics(torch.stack(outputs), batch.query_y)
+            outputs.append(predictor(batch.query_x[b]).detach())
+        return self.evaluation_metrics(torch.stack(outputs), batch.query_y)
 
     def adapt(self, support_x: torch.Tensor, support_y: torch.Tensor) -> Predictor:
         """Fine-tune a copy of θ on the support set; predict whole query sets in one batch."""

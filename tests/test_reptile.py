@@ -59,6 +59,12 @@ def _pull_tasks() -> TaskBatch:
     return TaskBatch(x, y, x.clone(), y.clone())
 
 
+def _one_adam_step(inner_state: str) -> Reptile:
+    """From w = 1: one inner Adam step (β1 = 0) of lr 0.1 per task, training and evaluation."""
+    return Reptile(_line(1.0), problem="regression", inner_steps=1, inner_lr=0.1,
+                   inner_optimizer="adam", inner_state=inner_state)  # fmt: skip
+
+
 def test_persistent_adam_state_carries_over_to_the_next_task() -> None:
     # One Adam step (β1 = 0, β2 = 0.999) per task, lr 0.1, from w = 1.
     # Task 1: g = 2 (1 - 3) = -4, v = 0.001 · 16, t = 1, v̂ = 16: w = 1 + 0.1 · 4 / 4 = 1.1.
@@ -68,16 +74,14 @@ def test_persistent_adam_state_carries_over_to_the_next_task() -> None:
     v = 0.999 * 0.016 + 0.001 * 4
     task_2 = 1 + 0.1 * 2 / (v / (1 - 0.999**2)) ** 0.5
     for state, expected in (("per_task", 1.1), ("persistent", (1.1 + task_2) / 2)):
-        learner = Reptile(_line(1.0), problem="regression", inner_steps=1, inner_lr=0.1,
-                          inner_optimizer="adam", inner_state=state)  # fmt: skip
+        learner = _one_adam_step(state)
         assert _reptile_step(learner, _pull_tasks(), outer_lr=1.0) == pytest.approx(expected)
     assert learner.get_buffer("inner_adam_steps").item() == 2
     assert learner.get_buffer("inner_second_moment_0").item() == pytest.approx(v)
 
 
 def test_evaluation_reads_the_persistent_state_without_changing_it() -> None:
-    learner = Reptile(_line(1.0), problem="regression", inner_steps=1, inner_lr=0.1,
-                      inner_optimizer="adam", inner_state="persistent")  # fmt: skip
+    learner = _one_adam_step("persistent")
     learner.meta_loss(_pull_tasks())  # two training tasks: v and t as in the test above
     state = {name: b.clone() for name, b in learner.named_buffers()}
     # From the stored state (v = 0.019984, t = 2) a gradient of -4 at w = 1 moves w by
@@ -88,8 +92,7 @@ def test_evaluation_reads_the_persistent_state_without_changing_it() -> None:
     assert predictor.predict(torch.tensor([[1.0]])).item() == pytest.approx(expected)
     for name, buffer in learner.named_buffers():
         assert torch.equal(buffer, state[name])
-    restored = Reptile(_line(1.0), problem="regression", inner_steps=1, inner_lr=0.1,
-                       inner_optimizer="adam", inner_state="persistent")  # fmt: skip
+    restored = _one_adam_step("persistent")
     restored.load_state_dict(learner.state_dict())
     again = restored.adapt(torch.tensor([[1.0]]), torch.tensor([[3.0]]))
     assert (
@@ -152,9 +155,9 @@ def test_bad_arguments_are_named(kwargs: dict, message: str) -> None:
 
 
 def test_reptile_preset_trains_and_evaluates(fake_omniglot, tmp_path) -> None:
-    settings = [*TINY_RUN, "task.queries=3", "eval.inner_steps=3", "eval.inner_batch=3",
-                "algorithm.inner_state=persistent"]  # fmt: skip
+    settings = [*TINY_RUN, "task.queries=3", "eval.inner_steps=3", "eval.inner_batch=3"]
     config = load_preset("reptile-omniglot-5way-1shot").override(settings)
+    assert config.algorithm.inner_state == "persistent"  # the authors' inner Adam
     record = train_run(config, tmp_path / "run", progress=False)
     assert record["protocol"]["algorithm"] == "reptile"
     assert record["protocol"]["inner_steps"] == 3 and record["protocol"]["inner_batch"] == 3

@@ -165,3 +165,50 @@ def test_conv4_shapes_and_auto_mode():
     assert resolve_batch_mode(Conv4(ways=5), "loop", torch.zeros(32, 5, 1, 28, 28)) == "loop"
     with pytest.raises(ValueError, match="image_size must be at least 16"):
         Conv4(image_size=8)
+
+
+@pytest.mark.parametrize(
+    "adapted",
+    [
+        None,  # every parameter per task
+        ["0.0.weight", "0.1.bias", "1.0.weight"],  # a folded block half per task, half shared
+        ["5.weight", "5.bias"],  # ANIL: the whole body shared
+    ],
+)
+@pytest.mark.parametrize(
+    "options",
+    [
+        {},
+        {"downsample": "stride"},
+        {"in_channels": 3},
+        {"ceil_mode": True, "image_size": 27},  # odd input: the plain block, under vmap
+    ],
+)
+def test_conv4_over_tasks_matches_a_loop_with_second_order_gradients(adapted, options):
+    torch.manual_seed(0)
+    model = Conv4(hidden=6, ways=3, **{"image_size": 28, **options}).double()
+    tasks, channels, side = 3, options.get("in_channels", 1), options.get("image_size", 28)
+    shared = dict(model.named_parameters())
+    names = list(shared) if adapted is None else adapted
+    task_params = {
+        n: (
+            shared[n].detach() + 0.1 * torch.randn(tasks, *shared[n].shape, dtype=torch.float64)
+        ).requires_grad_()
+        for n in names
+    }
+    x = torch.rand(tasks, 4, channels, side, side, dtype=torch.float64)
+    results = []
+    for mode in ("vmap", "loop"):
+        out = call_over_tasks(model, task_params, x, mode=mode)
+        grads = torch.autograd.grad(out.pow(2).sum(), list(task_params.values()), create_graph=True)
+        second = torch.autograd.grad(sum(g.pow(2).sum() for g in grads), list(task_params.values()))
+        results.append((out, grads, second))
+    (out, grads, second), (looped, looped_grads, looped_second) = results
+    assert torch.allclose(out, looped, atol=1e-10)
+    for mine, reference in zip((*grads, *second), (*looped_grads, *looped_second), strict=True):
+        assert torch.allclose(mine, reference, atol=1e-8)
+
+
+def test_conv4_over_tasks_refuses_inputs_without_a_task_dimension():
+    with pytest.raises(ValueError, match=r"expects images \[tasks, n, 1, 28, 28\]"):
+        call_over_tasks(Conv4(ways=5), {}, torch.zeros(4, 1, 28, 28), mode="vmap")

@@ -61,6 +61,9 @@ def _batch(tasks: int = 3, ways: int = 5, shots: int = 2, queries: int = 3) -> T
 
 LEARNERS = {
     "maml": lambda: MAML(Conv4(1, hidden=16, ways=5), problem="classification", inner_lr=0.4),
+    "maml-vmap": lambda: MAML(
+        Conv4(1, hidden=16, ways=5), problem="classification", inner_lr=0.4, batch_mode="vmap"
+    ),
     "protonet": lambda: ProtoNet(Conv4(1, hidden=16)),
     "matching-fce": lambda: MatchingNet(Conv4(1, hidden=16), embedding_dim=16, fce=True),
     "versa": lambda: Versa(Conv4(1, hidden=16, ceil_mode=True), feature_dim=64),

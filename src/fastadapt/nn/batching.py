@@ -13,9 +13,11 @@ backward runs on ordinary (unbatched) autograd nodes. This is deliberate: differ
 ``nn.BatchNorm2d`` has its affine parameters adapted in the inner loop (functorch issue 534),
 and it is also slower on small models.
 
-In ``vmap`` mode, :func:`call_over_tasks` evaluates the layers it knows (``nn.Linear`` and
-elementwise activations inside ``nn.Sequential``) with explicit batched kernels
-(``torch.baddbmm`` over per-task weights) and hands every other module to ``torch.vmap``; the
+In ``vmap`` mode, :func:`call_over_tasks` evaluates the layers it knows (``nn.Linear``,
+``nn.Flatten`` and elementwise activations inside ``nn.Sequential``) with explicit batched
+kernels (``torch.baddbmm`` over per-task weights), lets a module that defines
+``forward_over_tasks(task_params, x)`` (``x`` ``[B, n, ...]``) run itself over the tasks (Conv-4
+does, see :mod:`fastadapt.nn.conv4`), and hands every other module to ``torch.vmap``; the
 result is the same, with far less per-operator overhead on small models.
 
 Which mode is faster depends on the workload (measured on a 2-core CPU with torch 2.13, see
@@ -131,13 +133,50 @@ def _vectorised_call(module: nn.Module, task_params: dict[str, torch.Tensor], x:
         return module(x)
     if isinstance(module, nn.Linear):
         return _linear_over_tasks(module, task_params, x)
+    if isinstance(module, nn.Flatten) and module.start_dim >= 0:
+        end = module.end_dim if module.end_dim < 0 else module.end_dim + 1
+        return x.flatten(module.start_dim + 1, end)
+    over_tasks = getattr(module, "forward_over_tasks", None)
+    if over_tasks is not None:
+        return over_tasks(task_params, x)
     if type(module).forward is nn.Sequential.forward:
-        for name, child in module.named_children():
-            x = _vectorised_call(child, _sub_params(task_params, name), x)
-        return x
+        return sequential_over_tasks(module, task_params, x)
+    return vmap_over_tasks(module, task_params, x)
+
+
+def sequential_over_tasks(module: nn.Module, task_params: Params, x: torch.Tensor) -> torch.Tensor:
+    """Each child of ``module`` in turn over the tasks, as ``nn.Sequential.forward`` per task
+    (``task_params`` and ``x`` as in :func:`call_over_tasks`, in ``"vmap"`` mode)."""
+    for name, child in module.named_children():
+        x = _vectorised_call(child, _sub_params(dict(task_params), name), x)
+    return x
+
+
+def vmap_over_tasks(module: nn.Module, task_params: Params, x: torch.Tensor) -> torch.Tensor:
+    """``module`` over the tasks with ``torch.vmap`` (``task_params`` and ``x`` as in
+    :func:`call_over_tasks`).
+
+    ``torch.vmap`` does not autocast the convolutions inside it (torch 2.13), so under
+    ``torch.autocast`` a bfloat16 ``x`` would meet float32 weights: ``x`` is cast to the
+    dtype of the module's parameters, in which the vmapped module then runs.
+    """
+    weights = [*task_params.values(), *module.parameters()]
+    dtype = next((p.dtype for p in weights if p.is_floating_point()), x.dtype)
+    if x.is_floating_point() and x.dtype != dtype:
+        x = x.to(dtype)
     if not task_params:
         return torch.vmap(module)(x)
-    return torch.vmap(_functional_forward(module))(task_params, x)
+    return torch.vmap(_functional_forward(module))(dict(task_params), x)
+
+
+def task_parameter(
+    task_params: Params, name: str, own: torch.Tensor | None, num_tasks: int
+) -> torch.Tensor | None:
+    """Parameter ``name`` per task ``[B, ...]``: the task's own from ``task_params``, else the
+    module's shared ``own`` viewed as ``B`` copies (``None`` stays ``None``)."""
+    if name in task_params:
+        return task_params[name]
+    return None if own is None else own.expand(num_tasks, *own.shape)
 
 
 def _linear_over_tasks(

@@ -15,6 +15,10 @@ The blocks compute exactly that function, faster on a CPU:
   (:mod:`fastadapt.nn.folded_conv_block`), which removes the BatchNorm passes over the largest
   feature maps, forward and backward.
 
+For a batch of tasks with per-task weights (MAML's inner loop in ``"vmap"`` mode,
+:mod:`fastadapt.nn.batching`), ``forward_over_tasks`` runs the folded first block of every task
+as one batched matrix product instead of a grouped convolution under ``torch.vmap``.
+
 Parameter names and shapes are those of the plain ``conv → BatchNorm → ReLU → pool`` stack, so
 state dicts are interchangeable with it.
 
@@ -27,10 +31,17 @@ TensorFlow's ``"SAME"`` pooling: 28x28 → 14 → 7 → 4 → 2, as in VERSA's O
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import torch
 from torch import nn
 
-from fastadapt.nn.folded_conv_block import MAX_PATCH_SIZE, folded_conv_block
+from fastadapt.nn.batching import sequential_over_tasks, task_parameter, vmap_over_tasks
+from fastadapt.nn.folded_conv_block import (
+    MAX_PATCH_SIZE,
+    folded_conv_block,
+    folded_conv_block_over_tasks,
+)
 from fastadapt.nn.image_input import check_image_batch, to_channels_last
 
 DOWNSAMPLING = ("pool", "stride")
@@ -70,23 +81,52 @@ class ConvBlock(nn.Sequential):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         conv, norm, pool, relu, *dropout = self
-        pools = isinstance(pool, nn.MaxPool2d)
-        # The folded form pools with floor; with ceil_mode it only fits even-sized inputs.
-        odd = x.shape[-1] % 2 == 1 or x.shape[-2] % 2 == 1
-        if (
-            self.folds_batchnorm
-            and norm.running_mean is None
-            and not (pools and pool.ceil_mode and odd)
-        ):
+        if self._folds(x):
             out = folded_conv_block(
                 x, conv.weight, conv.bias, norm.weight, norm.bias, eps=norm.eps, padding=1,
-                stride=conv.stride[0], pool=pools,
+                stride=conv.stride[0], pool=isinstance(pool, nn.MaxPool2d),
             )  # fmt: skip
         else:
             out = relu(pool(norm(conv(x))))
         for layer in dropout:
             out = layer(out)
         return out
+
+    def forward_over_tasks(
+        self, task_params: Mapping[str, torch.Tensor], x: torch.Tensor
+    ) -> torch.Tensor:
+        """The block on each task's images ``x`` ``[B, n, C, H, W]`` with that task's
+        parameters (``task_params``: ``[B, ...]`` tensors under this block's parameter names;
+        those missing are the block's own, shared), for
+        :func:`~fastadapt.nn.batching.call_over_tasks`. The folded form runs as batched matrix
+        products (:func:`~fastadapt.nn.folded_conv_block.folded_conv_block_over_tasks`), the
+        plain one under ``torch.vmap``."""
+        if not self._folds(x):
+            return vmap_over_tasks(self, task_params, x)
+        conv, norm, pool, _, *dropout = self
+        tasks = x.shape[0]
+        out = folded_conv_block_over_tasks(
+            x,
+            task_parameter(task_params, "0.weight", conv.weight, tasks),
+            task_parameter(task_params, "0.bias", conv.bias, tasks),
+            task_parameter(task_params, "1.weight", norm.weight, tasks),
+            task_parameter(task_params, "1.bias", norm.bias, tasks),
+            eps=norm.eps,
+            padding=1,
+            stride=conv.stride[0],
+            pool=isinstance(pool, nn.MaxPool2d),
+        )
+        for layer in dropout:
+            out = layer(out)
+        return out
+
+    def _folds(self, x: torch.Tensor) -> bool:
+        """Whether the block runs in the folded form on inputs shaped like ``x``."""
+        _, norm, pool, *_ = self
+        # The folded form pools with floor; with ceil_mode it only fits even-sized inputs.
+        odd = x.shape[-1] % 2 == 1 or x.shape[-2] % 2 == 1
+        ceil_pools = isinstance(pool, nn.MaxPool2d) and pool.ceil_mode
+        return self.folds_batchnorm and norm.running_mean is None and not (ceil_pools and odd)
 
 
 class Conv4(nn.Sequential):
@@ -154,3 +194,18 @@ class Conv4(nn.Sequential):
         """Embeddings ``[n, embedding_size]`` (logits ``[n, ways]``) of images ``[n, C, H, W]``."""
         check_image_batch("Conv4", x, self.input_shape)
         return super().forward(to_channels_last(x))
+
+    def forward_over_tasks(
+        self, task_params: Mapping[str, torch.Tensor], x: torch.Tensor
+    ) -> torch.Tensor:
+        """Embeddings (logits) ``[B, n, ...]`` of each task's images ``x`` ``[B, n, C, H, W]``
+        with that task's parameters, for :func:`~fastadapt.nn.batching.call_over_tasks`
+        (``task_params`` as in :meth:`ConvBlock.forward_over_tasks`)."""
+        if x.dim() != 5:
+            channels, height, width = self.input_shape
+            raise ValueError(
+                f"Conv4 over tasks expects images [tasks, n, {channels}, {height}, {width}], "
+                f"got a tensor of shape {tuple(x.shape)}."
+            )
+        check_image_batch("Conv4", x[0], self.input_shape)
+        return sequential_over_tasks(self, task_params, x)

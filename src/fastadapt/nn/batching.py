@@ -34,6 +34,7 @@ per call when it is given the inputs.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Mapping
 from typing import Literal
 
@@ -147,8 +148,9 @@ def _vectorised_call(module: nn.Module, task_params: dict[str, torch.Tensor], x:
 def sequential_over_tasks(module: nn.Module, task_params: Params, x: torch.Tensor) -> torch.Tensor:
     """Each child of ``module`` in turn over the tasks, as ``nn.Sequential.forward`` per task
     (``task_params`` and ``x`` as in :func:`call_over_tasks`, in ``"vmap"`` mode)."""
+    task_params = dict(task_params)
     for name, child in module.named_children():
-        x = _vectorised_call(child, _sub_params(dict(task_params), name), x)
+        x = _vectorised_call(child, _sub_params(task_params, name), x)
     return x
 
 
@@ -160,7 +162,7 @@ def vmap_over_tasks(module: nn.Module, task_params: Params, x: torch.Tensor) -> 
     ``torch.autocast`` a bfloat16 ``x`` would meet float32 weights: ``x`` is cast to the
     dtype of the module's parameters, in which the vmapped module then runs.
     """
-    weights = [*task_params.values(), *module.parameters()]
+    weights = itertools.chain(task_params.values(), module.parameters())
     dtype = next((p.dtype for p in weights if p.is_floating_point()), x.dtype)
     if x.is_floating_point() and x.dtype != dtype:
         x = x.to(dtype)

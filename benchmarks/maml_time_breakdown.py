@@ -31,6 +31,7 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
+from _interleaved import matmul_gflops
 from _report import machine, write_json
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import flop_registry
@@ -84,18 +85,6 @@ def _operator_class(name: str) -> str:
     return "everything else"
 
 
-def _matmul_gflops() -> float:
-    size = 2048
-    a, b = torch.randn(size, size), torch.randn(size, size)
-    a @ b
-    seconds = []
-    for _ in range(5):
-        start = time.perf_counter()
-        a @ b
-        seconds.append(time.perf_counter() - start)
-    return 2 * size**3 / min(seconds) / 1e9
-
-
 def _median_step_ms(step: Callable[[], Any]) -> float:
     for _ in range(WARMUP):
         step()
@@ -142,7 +131,7 @@ def main() -> None:
         totals = classes[_operator_class(name)]
         totals["ms_per_step"] += ms
         totals["gflop"] += timer.flops[(name, shapes)] / INSTRUMENTED / 1e9
-    matmul = _matmul_gflops()
+    matmul = matmul_gflops()
 
     order = "first order" if args.first_order else "second order"
     print(f"fastadapt MAML Conv-4, {order} ({note}), {args.threads} threads: "

@@ -31,7 +31,12 @@ from _reproduction import Evaluation, Setting, main
 
 SETTINGS: dict[str, Setting] = {
     "omniglot-5way-1shot": Setting(
-        "versa-omniglot-5way-1shot", (), (Evaluation("5w1s", (), 99.70, 0.20),)
+        "versa-omniglot-5way-1shot",
+        (),
+        (
+            Evaluation("5w1s", (), 99.70, 0.20),
+            Evaluation("20w1s", ("eval.ways=20",), 97.66, 0.29),
+        ),
     ),
     "omniglot-5way-5shot": Setting(
         "versa-omniglot-5way-5shot",

@@ -156,6 +156,22 @@ def test_evaluation_is_deterministic_and_training_samples_afresh() -> None:
     assert set(estimates[0]) == {"nll", "accuracy", "ece"}
 
 
+def test_per_task_batch_norm_makes_each_task_independent_of_its_batch() -> None:
+    torch.manual_seed(0)
+    features = nn.Sequential(nn.Linear(6, 8), nn.BatchNorm1d(8, track_running_stats=False))
+    learner = Versa(features, 8, samples=3).double().eval()
+    batch = _random_batch(tasks=3, ways=3, shots=2, queries=2, seed=8)
+    together = learner.task_metrics(batch)["nll"]
+    learner.per_task_batch_norm = True
+    per_task = learner.task_metrics(batch)["nll"]
+    alone = torch.cat([learner.task_metrics(batch[t : t + 1])["nll"] for t in range(3)])
+    torch.testing.assert_close(per_task, alone)
+    assert not torch.allclose(together, alone)  # shared statistics mix the tasks
+    predictor = learner.adapt(batch.support_x[1], batch.support_y[1])
+    nll = -predictor(batch.query_x[1]).gather(1, batch.query_y[1].unsqueeze(1)).mean()
+    torch.testing.assert_close(nll, per_task[1])
+
+
 def test_adapt_matches_evaluation_and_takes_any_ways_and_shots() -> None:
     learner = _mlp_versa()
     learner.eval()

@@ -102,6 +102,9 @@ class AlgorithmConfig:
     inner_batch: int | None = None
     inner_state: str = "per_task"
     samples: int = 10
+    per_task_batch_norm: bool = False
+    """VERSA: each task's support and query sets get batch statistics of their own
+    (:class:`~fastadapt.algorithms.versa.Versa`'s ``per_task_batch_norm``)."""
 
 
 @dataclass

@@ -50,6 +50,16 @@ does not disturb the training stream.
 Support and query images of all the tasks of a batch are embedded in two forward passes (one
 for all supports, one for all queries), as in :class:`~fastadapt.algorithms.protonet.ProtoNet`,
 so the head never depends on the query images.
+
+**Per-task batch statistics** (``per_task_batch_norm=True``). A feature extractor whose
+BatchNorm normalises with batch statistics (Conv-4 does, always) then sees one set of one task
+per forward pass: each task's support set, and each task's query set, is normalised with its
+own statistics, as in the authors' code (``run_classifier.py`` of Gordonjo/versa embeds the
+train and test images of each task separately; TensorFlow's ``batch_norm`` there uses batch
+statistics at test time too). A task's predictions then depend on that task alone, not on
+which tasks share its batch, and the query statistics are those of the task's query set: the
+*transductive* setting of the paper's Omniglot figures. It costs one forward pass per task and
+set instead of one per set.
 """
 
 from __future__ import annotations
@@ -78,10 +88,18 @@ class Versa(MetaLearner):
         feature_dim: D, the size of the features (the paper's d_θ; 256 for its Omniglot and
             mini-ImageNet networks). The amortisation networks are D wide.
         samples: L, Monte Carlo samples of the logits per query (the paper uses 10).
+        per_task_batch_norm: embed each task's support set and query set in forward passes
+            of their own, so batch statistics are per task and set (see the module's
+            docstring); otherwise all tasks' supports share one pass, and all queries one.
     """
 
     def __init__(
-        self, feature_extractor: nn.Module, feature_dim: int, *, samples: int = 10
+        self,
+        feature_extractor: nn.Module,
+        feature_dim: int,
+        *,
+        samples: int = 10,
+        per_task_batch_norm: bool = False,
     ) -> None:
         super().__init__()
         if not isinstance(feature_extractor, nn.Module):
@@ -94,6 +112,7 @@ class Versa(MetaLearner):
         self.weight_amortisation = GaussianAmortisation(feature_dim, feature_dim)
         self.bias_amortisation = GaussianAmortisation(feature_dim, 1, hidden=feature_dim)
         self.feature_dim = feature_dim
+        self.per_task_batch_norm = per_task_batch_norm
         self.problem = "classification"
 
     # -- the interface ----------------------------------------------------------------------
@@ -138,9 +157,13 @@ class Versa(MetaLearner):
         return self._predict(self._embed(batch.query_x), *head)
 
     def _embed(self, x: torch.Tensor) -> torch.Tensor:
-        """Features of ``[B, n, ...]`` in one forward pass over all tasks: ``[B, n, D]``."""
+        """Features of ``[B, n, ...]``: ``[B, n, D]``, in one forward pass over all tasks, or
+        one per task with ``per_task_batch_norm``."""
         tasks, n = x.shape[:2]
-        z = self.feature_extractor(x.flatten(0, 1))
+        if self.per_task_batch_norm:
+            z = torch.cat([self.feature_extractor(task) for task in x])
+        else:
+            z = self.feature_extractor(x.flatten(0, 1))
         if z.dim() < 2 or z.shape[0] != tasks * n:
             raise ValueError(
                 f"the feature extractor must map [n, ...] inputs to [n, D] outputs; it mapped "

@@ -253,7 +253,12 @@ def _versa(config: RunConfig, model: nn.Module, problem: str) -> MetaLearner:
         )
     if problem == "regression":
         return VersaRegression(model, feature_dim)
-    return Versa(model, feature_dim, samples=config.algorithm.samples)
+    return Versa(
+        model,
+        feature_dim,
+        samples=config.algorithm.samples,
+        per_task_batch_norm=config.algorithm.per_task_batch_norm,
+    )
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,7 @@ from torch import nn
 
 from fastadapt.algorithms.versa import Versa, log_mean_predictive
 from fastadapt.config import load_preset
+from fastadapt.engine.build import build_learner
 from fastadapt.engine.evaluate import evaluate
 from fastadapt.errors import ConfigError
 from fastadapt.nn.amortisation import MAX_LOG_VARIANCE, VARIANCE_FLOOR
@@ -201,6 +202,13 @@ def test_bad_input_is_refused_with_a_clear_error() -> None:
             Versa(nn.Identity(), 6, samples=samples)
     with pytest.raises(ConfigError, match=r"algorithm\.samples must be positive"):
         load_preset("versa-omniglot-5way-1shot").override(["algorithm.samples=0"])
+    with pytest.raises(ConfigError, match=r"per_task_batch_norm is an option of algorithm"):
+        load_preset("protonet-omniglot-1shot").override(["algorithm.per_task_batch_norm=true"])
+    with pytest.raises(ConfigError, match=r"per_task_batch_norm is an option of VERSA's class"):
+        build_learner(
+            load_preset("sinusoid-versa").override(["algorithm.per_task_batch_norm=true"])
+        )
+    assert build_learner(load_preset("versa-omniglot-5way-1shot")).per_task_batch_norm
     wrong_width = Versa(nn.Identity(), 4)
     with pytest.raises(ValueError, match="returned 6 features per input but feature_dim is 4"):
         wrong_width.meta_loss(batch)

@@ -338,6 +338,11 @@ class RunConfig:
                 f"({self.task.family!r}), whose small policies gain nothing from it; "
                 "leave train.precision at float32."
             )
+        if self.algorithm.per_task_batch_norm and self.algorithm.name != "versa":
+            raise ConfigError(
+                "algorithm.per_task_batch_norm is an option of algorithm.name=versa, not "
+                f"{self.algorithm.name!r}; remove it."
+            )
         if self.model.item_prior and self.model.kind != "melu":
             raise ConfigError(
                 f"model.item_prior is an option of model.kind=melu, not {self.model.kind!r}; "

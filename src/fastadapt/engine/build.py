@@ -252,6 +252,11 @@ def _versa(config: RunConfig, model: nn.Module, problem: str) -> MetaLearner:
             "(model.kind=mlp, conv4 or resnet12)."
         )
     if problem == "regression":
+        if config.algorithm.per_task_batch_norm:
+            raise ConfigError(
+                "algorithm.per_task_batch_norm is an option of VERSA's classifier, not of "
+                "its regression variant; remove it."
+            )
         return VersaRegression(model, feature_dim)
     return Versa(
         model,

@@ -12,6 +12,8 @@ again (its training time is read from the run's ``results.json``); with ``--resu
 interrupted run continues from its ``last.pt`` (its wall time summed over the sessions, see
 ``Checkpoint.train_seconds``). ``--plots`` draws each
 evaluation's figures into its run folder (reliability diagram, or sinusoid predictions).
+``--final`` also evaluates each run's final checkpoint (rows marked ", final"; the "best at"
+column then shows the last step), as the VERSA authors' code reports both.
 
 Results go to ``benchmarks/results/<stem>.json`` (with ``--set`` overrides: ``<stem>_custom.json``,
 so that shortened runs never replace the full-length figures); rows of settings not run this
@@ -22,6 +24,7 @@ with.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import sys
 from dataclasses import dataclass
@@ -72,6 +75,11 @@ def main(settings: dict[str, Setting], stem: str, description: str) -> None:
     parser.add_argument("--set", action="append", default=[], help="extra key=value overrides")
     parser.add_argument("--progress", action="store_true", help="show training progress bars")
     parser.add_argument("--plots", action="store_true", help="draw each evaluation's figures")
+    parser.add_argument(
+        "--final",
+        action="store_true",
+        help="also evaluate each run's final checkpoint (last.pt), as the VERSA authors' code does",
+    )
     args = parser.parse_args()
     names = args.only or [name for name, setting in settings.items() if setting.default]
     rows = []
@@ -110,9 +118,15 @@ def _run_setting(name: str, setting: Setting, args: argparse.Namespace) -> list[
         print(f"{verb} {name} in {run_dir} ...", file=sys.stderr, flush=True)
         record = train_run(config, run_dir, resume=resume, progress=args.progress)
     config = json.loads((run_dir / "config.json").read_text())
+    checkpoints = ("best", "last") if args.final else ("best",)
     rows = []
-    for evaluation in setting.evaluations:
-        result = evaluate_run(run_dir, overrides=list(evaluation.overrides), plots=args.plots)
+    for evaluation, checkpoint in itertools.product(setting.evaluations, checkpoints):
+        result = evaluate_run(
+            run_dir,
+            overrides=list(evaluation.overrides),
+            checkpoint=checkpoint,
+            plots=args.plots and checkpoint == "best",
+        )
         metrics = result["metrics"]
         scale = 100 if evaluation.in_percent else 1
         ours = metrics[evaluation.metric]
@@ -120,7 +134,8 @@ def _run_setting(name: str, setting: Setting, args: argparse.Namespace) -> list[
             {
                 "setting": name,
                 "preset": setting.preset,
-                "protocol": evaluation.label,
+                "protocol": evaluation.label + (", final" if checkpoint == "last" else ""),
+                "checkpoint": checkpoint,
                 "metric": evaluation.metric,
                 "paper": evaluation.paper,
                 "paper_ci95": evaluation.paper_ci95,
@@ -133,13 +148,20 @@ def _run_setting(name: str, setting: Setting, args: argparse.Namespace) -> list[
                 "data_split": _split_name(config),
                 "overrides": _overrides(config, setting),
                 "training_steps": record.get("train_steps", config["train"]["steps"]),
-                "best_step": record["best"]["step"] if record.get("best") else None,
+                "best_step": _evaluated_step(record, checkpoint),
                 "train_hours": _hours(record.get("train_seconds")),
                 "run_dir": str(run_dir),
                 "plots": [str(run_dir / figure) for figure in result.get("plots", [])],
             }
         )
     return rows
+
+
+def _evaluated_step(record: dict[str, Any], checkpoint: str) -> int | None:
+    """The training step of the evaluated checkpoint: the best validation's, or the last."""
+    if checkpoint == "last":
+        return record.get("train_steps")
+    return record["best"]["step"] if record.get("best") else None
 
 
 def _split_name(config: dict[str, Any]) -> str | None:

@@ -118,6 +118,9 @@ def _run_setting(name: str, setting: Setting, args: argparse.Namespace) -> list[
         print(f"{verb} {name} in {run_dir} ...", file=sys.stderr, flush=True)
         record = train_run(config, run_dir, resume=resume, progress=args.progress)
     config = json.loads((run_dir / "config.json").read_text())
+    training_steps = record.get("train_steps", config["train"]["steps"])
+    best_step = record["best"]["step"] if record.get("best") else None
+    data_split, overrides = _split_name(config), _overrides(config, setting)
     checkpoints = ("best", "last") if args.final else ("best",)
     rows = []
     for evaluation, checkpoint in itertools.product(setting.evaluations, checkpoints):
@@ -145,23 +148,16 @@ def _run_setting(name: str, setting: Setting, args: argparse.Namespace) -> list[
                 "ece": metrics.get("ece"),
                 "episodes": ours["n"],
                 "queries": result["protocol"]["queries"],
-                "data_split": _split_name(config),
-                "overrides": _overrides(config, setting),
-                "training_steps": record.get("train_steps", config["train"]["steps"]),
-                "best_step": _evaluated_step(record, checkpoint),
+                "data_split": data_split,
+                "overrides": overrides,
+                "training_steps": training_steps,
+                "best_step": training_steps if checkpoint == "last" else best_step,
                 "train_hours": _hours(record.get("train_seconds")),
                 "run_dir": str(run_dir),
                 "plots": [str(run_dir / figure) for figure in result.get("plots", [])],
             }
         )
     return rows
-
-
-def _evaluated_step(record: dict[str, Any], checkpoint: str) -> int | None:
-    """The training step of the evaluated checkpoint: the best validation's, or the last."""
-    if checkpoint == "last":
-        return record.get("train_steps")
-    return record["best"]["step"] if record.get("best") else None
 
 
 def _split_name(config: dict[str, Any]) -> str | None:

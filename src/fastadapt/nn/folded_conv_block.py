@@ -71,12 +71,10 @@ def folded_conv_block(
     (``H'``, ``W'``: the convolution's output size), channels-last.
     """
     out_channels, kernel = weight.shape[0], weight.shape[2:]
-    patches = F.unfold(x, kernel, padding=padding, stride=stride)  # [N, K, H'·W']
-    size = patches.shape[1]
+    patches = _patch_matrix(x, kernel, padding, stride)  # [K, N·H'·W']
     matrix, shift = _fold_batchnorm(
-        patches.transpose(0, 1).reshape(size, -1), weight.reshape(out_channels, size), bias,
-        bn_weight, bn_bias, eps,
-    )  # fmt: skip
+        patches, weight.reshape(out_channels, -1), bias, bn_weight, bn_bias, eps
+    )
     # Written channels-last: with a one-channel input both layouts look alike to the
     # convolution, and the weight's layout then picks the output's (inside torch.vmap,
     # whose batched tensors have no layout, as it is).
@@ -112,15 +110,9 @@ def folded_conv_block_over_tasks(
     """
     tasks, images = x.shape[:2]
     out_channels, kernel = weight.shape[1], weight.shape[3:]
-    patches = F.unfold(x.flatten(0, 1), kernel, padding=padding, stride=stride)
-    size, positions = patches.shape[1:]
-    per_task = (
-        patches.view(tasks, images, size, positions)
-        .transpose(1, 2)
-        .reshape(tasks, size, images * positions)
-    )  # [B, K, N·H'·W']
+    per_task = _patch_matrix(x, kernel, padding, stride)  # [B, K, N·H'·W']
     matrix, shift = _fold_batchnorm(
-        per_task, weight.reshape(tasks, out_channels, size), bias, bn_weight, bn_bias, eps
+        per_task, weight.reshape(tasks, out_channels, -1), bias, bn_weight, bn_bias, eps
     )
     height, width = _output_size(x.shape[-2:], kernel, padding, stride)
     # [B, N·H'·W', C_out] is each task's output channels-last, viewed as NCHW.
@@ -141,6 +133,30 @@ def _output_size(
         (side + 2 * padding - k) // stride + 1 for side, k in zip(size, kernel, strict=True)
     )
     return height, width
+
+
+def _patch_matrix(x: torch.Tensor, kernel: torch.Size, padding: int, stride: int) -> torch.Tensor:
+    """The convolution's input patches as columns: ``x`` ``[..., N, C, H, W]`` →
+    ``[..., C·k_h·k_w, N·H'·W']``, rows in the order of ``weight.reshape(C_out, -1)``.
+
+    Built from ``k_h·k_w`` strided views of the zero-padded input, one per kernel offset,
+    stacked straight into this layout: on the first Conv-4 block's 75 Omniglot images that is
+    ten times faster than ``F.unfold`` followed by the transpose to patches-as-columns (0.55 ms
+    against 5-7 ms on one thread of the 2-core CPU).
+    """
+    height, width = _output_size(x.shape[-2:], kernel, padding, stride)
+    padded = F.pad(x, (padding, padding, padding, padding))
+    rows, columns = stride * (height - 1) + 1, stride * (width - 1) + 1
+    offsets = [
+        padded[..., i : i + rows : stride, j : j + columns : stride]
+        for i in range(kernel[0])
+        for j in range(kernel[1])
+    ]
+    stacked = torch.stack(offsets, dim=-5)  # [..., k_h·k_w, N, C, H', W']
+    lead = stacked.dim() - 5
+    # [..., C, k_h·k_w, N, H', W']: a view when C = 1.
+    by_channel = stacked.movedim(-3, lead)
+    return by_channel.flatten(lead, lead + 1).flatten(lead + 1)
 
 
 def _fold_batchnorm(

@@ -1,0 +1,184 @@
+"""A 3x3 convolution and the 2x2 max-pool after it as one CPU kernel, forward and backward.
+
+Conv-4's first block (:mod:`fastadapt.nn.folded_conv_block`) convolves a one- or three-channel
+image into 64 full-resolution maps only to max-pool them: in PyTorch operators those maps are
+written by the convolution, read by the pool, and in the backward pass written again by the
+pool's gradient (mostly zeros) and read by the convolution's weight gradient: four passes over
+15 MB for 75 Omniglot images, which made that block, 0.07 GFLOP per task, cost as much time as
+the second block's 1 GFLOP. The kernels in ``_conv_pool_kernels.cpp`` never form those maps:
+
+- forward: at each pooled position, the convolution at the window's four positions from the
+  input's 4x4 neighbourhood, their maximum and which position held it (one byte);
+- backward: the weight and bias gradients summed straight from the pooled gradient, the input
+  patches and those positions (:math:`\\partial L/\\partial w_o = \\sum g_o\\, p_{a_o}`, the
+  convolution's gradient restricted to the entries the max-pool routes gradient to);
+- double backward (second-order MAML): the weight gradient is linear in the pooled gradient,
+  its adjoint is the convolution evaluated at those positions, and that one's adjoint is the
+  weight gradient again, so derivatives of every order reuse the same two kernels.
+
+The input's own gradient is not computed (images need none); an input that requires grad takes
+the PyTorch operators. So do CUDA tensors, dtypes other than float32 and float64, tensors
+inside ``torch.func`` transforms, and any run where the kernels cannot be built: they are
+compiled once per machine with the system's C++ compiler (``torch.utils.cpp_extension``, about a
+minute, cached under ``~/.cache/torch_extensions``); if that fails, a warning says why and the
+PyTorch operators run instead, with the same results. Setting the environment variable
+``FASTADAPT_FUSED_KERNELS=0`` turns the kernels off (to compare, or to rule them out).
+
+Ties go to the window's first maximum and NaN propagates, as in ``torch.max_pool2d``; the
+results equal the operators' up to float rounding (tested against them to float64 precision,
+first and second derivatives included).
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import logging
+import os
+import warnings
+from pathlib import Path
+from types import ModuleType
+
+import torch
+from torch.autograd.function import FunctionCtx
+
+SWITCH_VARIABLE = "FASTADAPT_FUSED_KERNELS"
+"""Environment variable: ``0`` turns the fused kernels off."""
+
+LANE_CHANNELS = 8
+"""The kernels take output channels in blocks of 8 (one 32-byte vector of float32)."""
+
+_SOURCE = Path(__file__).with_name("_conv_pool_kernels.cpp")
+_DTYPES = (torch.float32, torch.float64)
+_log = logging.getLogger(__name__)
+
+
+def fused_conv_pool_applies(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """Whether :func:`conv_pool` can run on input ``x`` and weight ``weight`` (module doc);
+    builds the kernels on the first call that needs them."""
+    if os.environ.get(SWITCH_VARIABLE, "1") == "0":
+        return False
+    wrapped = torch._C._functorch.is_functorch_wrapped_tensor
+    plain = not (wrapped(x) or wrapped(weight) or x.requires_grad)
+    cpu = x.device.type == "cpu" and weight.device.type == "cpu"
+    fits = weight.shape[-2] % LANE_CHANNELS == 0 and x.dtype in _DTYPES and weight.dtype == x.dtype
+    return plain and cpu and fits and _kernels() is not None
+
+
+def conv_pool(padded: torch.Tensor, weight: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    """``max_pool2d(conv2d(padded, weight, shift), 2)`` for a 3x3 convolution on an already
+    padded input ``[N, C, H, W]``: ``[N, O, (H-2)//2, (W-2)//2]``, channels-last.
+
+    ``weight`` ``[O, C·9]`` and ``shift`` ``[O]`` serve every image; ``[G, O, C·9]`` and
+    ``[G, O]`` give each of ``G`` equal consecutive groups of images (tasks) its own.
+    Differentiable (to any order) with respect to ``weight`` and ``shift``, not ``padded``
+    (check :func:`fused_conv_pool_applies` first).
+    """
+    if weight.dim() == 2:
+        weight, shift = weight.unsqueeze(0), shift.unsqueeze(0)
+    pooled = _ConvPool.apply(padded, weight, shift)  # [N, Ho, Wo, O]
+    return pooled.permute(0, 3, 1, 2)
+
+
+class _ConvPool(torch.autograd.Function):
+    @staticmethod
+    def forward(
+        ctx: FunctionCtx, padded: torch.Tensor, weight: torch.Tensor, shift: torch.Tensor
+    ) -> torch.Tensor:
+        pooled, argmax = _kernels().conv_pool_forward(padded, weight, shift)
+        ctx.save_for_backward(padded, argmax)
+        ctx.groups = weight.shape[0]
+        return pooled
+
+    @staticmethod
+    def backward(ctx: FunctionCtx, grad: torch.Tensor) -> tuple[None, torch.Tensor, torch.Tensor]:
+        padded, argmax = ctx.saved_tensors
+        grad_weight, grad_shift = _WeightGrad.apply(grad, padded, argmax, ctx.groups)
+        return None, grad_weight, grad_shift
+
+
+class _WeightGrad(torch.autograd.Function):
+    """``(∂L/∂w, ∂L/∂shift)`` per group from the pooled gradient; linear in it."""
+
+    @staticmethod
+    def forward(
+        ctx: FunctionCtx,
+        grad: torch.Tensor,
+        padded: torch.Tensor,
+        argmax: torch.Tensor,
+        groups: int,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        ctx.set_materialize_grads(False)
+        ctx.save_for_backward(padded, argmax)
+        return tuple(_kernels().conv_pool_weight_grad(grad, padded, argmax, groups))
+
+    @staticmethod
+    def backward(
+        ctx: FunctionCtx, grad_weight: torch.Tensor | None, grad_shift: torch.Tensor | None
+    ) -> tuple[torch.Tensor | None, None, None, None]:
+        padded, argmax = ctx.saved_tensors
+        grad = None
+        if grad_weight is not None:
+            grad = _ConvAtArgmax.apply(padded, grad_weight, argmax)
+        if grad_shift is not None:
+            groups, channels = grad_shift.shape
+            per_group = grad_shift.view(groups, 1, 1, 1, channels)
+            images = argmax.shape[0] // groups
+            shifted = per_group.expand(groups, images, *argmax.shape[1:]).reshape(argmax.shape)
+            grad = shifted if grad is None else grad + shifted
+        return grad, None, None, None
+
+
+class _ConvAtArgmax(torch.autograd.Function):
+    """The convolution (no shift) at each output's argmax position; linear in the weight, the
+    adjoint of :class:`_WeightGrad`."""
+
+    @staticmethod
+    def forward(
+        ctx: FunctionCtx, padded: torch.Tensor, weight: torch.Tensor, argmax: torch.Tensor
+    ) -> torch.Tensor:
+        ctx.save_for_backward(padded, argmax)
+        ctx.groups = weight.shape[0]
+        return _kernels().conv_at_argmax(padded, weight, argmax)
+
+    @staticmethod
+    def backward(ctx: FunctionCtx, grad: torch.Tensor) -> tuple[None, torch.Tensor, None]:
+        padded, argmax = ctx.saved_tensors
+        grad_weight, _ = _WeightGrad.apply(grad, padded, argmax, ctx.groups)
+        return None, grad_weight, None
+
+
+@functools.cache
+def _kernels() -> ModuleType | None:
+    """The compiled kernels, built on first use for this machine's CPU; ``None`` (with a
+    warning) where they cannot be built."""
+    from torch.utils import cpp_extension
+
+    source = _SOURCE.read_bytes()
+    digest = hashlib.sha256(source + _cpu_flags().encode()).hexdigest()[:16]
+    _log.info("building fastadapt's fused convolution + max-pool kernels (once per machine)")
+    try:
+        return cpp_extension.load(
+            name=f"fastadapt_conv_pool_{digest}",
+            sources=[str(_SOURCE)],
+            extra_cflags=["-O3", "-march=native"],
+        )
+    except Exception as error:  # no compiler, no ninja, a failed build: fall back, loudly
+        warnings.warn(
+            f"fastadapt could not build its fused convolution + max-pool CPU kernels ({error}); "
+            "Conv-4's first block runs as PyTorch operators instead (same results, slower). "
+            f"Install a C++ compiler and ninja to get them, or set {SWITCH_VARIABLE}=0 to "
+            "silence this.",
+            stacklevel=3,
+        )
+        return None
+
+
+def _cpu_flags() -> str:
+    """This CPU's instruction-set flags (Linux), so that a shared cache never serves a build
+    for ``-march=native`` of another CPU."""
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return ""
+    return next((line for line in lines if line.startswith("flags")), "")

@@ -9,6 +9,9 @@ fused for fastadapt, as its trainer uses it). Second order by default; ``--first
 first-order MAML instead (results in ``maml_conv4_speed_first_order.json``). Rows:
 
 - ``fastadapt``: ``MAML(Conv4(1, ways=5))`` and ``meta_loss`` on the ``TaskBatch``;
+- ``fastadapt, no fused kernels``: the same with Conv-4's first block as PyTorch operators
+  (``FASTADAPT_FUSED_KERNELS=0``, :mod:`fastadapt.nn.fused_conv_pool`), what the fused
+  convolution + max-pool kernels are worth;
 - ``fastadapt, bfloat16``: the same in mixed precision (``train.precision = "bfloat16"``,
   ``fastadapt.nn.precision``): the backbone in bfloat16, losses, weights and optimiser in
   float32. Not the float32 workload of the other rows: a separate figure, fast on CPUs with
@@ -32,6 +35,7 @@ Prints a markdown table and writes ``benchmarks/results/maml_conv4_speed[_first_
 
 from __future__ import annotations
 
+import os
 import sys
 
 import torch
@@ -106,9 +110,13 @@ def _workload() -> MamlWorkload:
     )
 
 
-def _build_fastadapt(precision: str = "float32") -> tuple[Step, str]:
+def _build_fastadapt(precision: str = "float32", fused: bool = True) -> tuple[Step, str]:
     from fastadapt import MAML, Conv4, TaskBatch
+    from fastadapt.nn.fused_conv_pool import SWITCH_VARIABLE
     from fastadapt.nn.precision import training_autocast
+
+    if not fused:  # this row's worker process only
+        os.environ[SWITCH_VARIABLE] = "0"
 
     model = Conv4(1, HIDDEN, ways=WAYS)
     model.load_state_dict(_initial_weights())
@@ -125,6 +133,7 @@ def _build_fastadapt(precision: str = "float32") -> tuple[Step, str]:
         return loss.detach()
 
     note = f"batch_mode={learner.batch_mode}, fused Adam"
+    note += "" if fused else ", first block as PyTorch operators"
     return step, note + (f", {precision} autocast" if precision != "float32" else "")
 
 
@@ -148,6 +157,9 @@ BENCHMARK = Benchmark(
     impls={
         OURS: Impl("fastadapt", _build_fastadapt, peer=False),
         f"{OURS}, bfloat16": Impl("fastadapt", lambda: _build_fastadapt("bfloat16"), peer=False),
+        f"{OURS}, no fused kernels": Impl(
+            "fastadapt", lambda: _build_fastadapt(fused=False), peer=False
+        ),
         BASELINE: Impl("torch", lambda: build_torch_func_loop(_workload()), peer=False),
         f"{BASELINE}, bfloat16": Impl("torch", _build_torch_func_loop_bfloat16, peer=False),
         **peer_impls(_workload),

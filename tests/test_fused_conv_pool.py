@@ -1,4 +1,5 @@
-"""The fused convolution + max-pool kernels equal PyTorch's operators, derivatives included."""
+"""The fused convolution + max-pool + ReLU kernels equal PyTorch's operators, derivatives
+included."""
 
 from __future__ import annotations
 
@@ -11,11 +12,12 @@ from fastadapt import MAML, TaskBatch
 from fastadapt.nn import fused_conv_pool
 from fastadapt.nn.conv4 import Conv4
 from fastadapt.nn.folded_conv_block import folded_conv_block
-from fastadapt.nn.fused_conv_pool import SWITCH_VARIABLE, conv_pool, fused_conv_pool_applies
+from fastadapt.nn.fused_conv_pool import SWITCH_VARIABLE, conv_pool_relu, fused_conv_pool_applies
 
 
 def _reference(padded: torch.Tensor, weight: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
-    """``max_pool2d(conv2d(...), 2)`` per group of images, as PyTorch's operators compute it."""
+    """``relu(max_pool2d(conv2d(...), 2))`` per group of images, as PyTorch's operators compute
+    it."""
     groups, out_channels, taps = weight.shape
     per_group = padded.shape[0] // groups
     kernels = weight.view(groups, out_channels, taps // 9, 3, 3)
@@ -23,7 +25,7 @@ def _reference(padded: torch.Tensor, weight: torch.Tensor, shift: torch.Tensor) 
         [
             F.max_pool2d(
                 F.conv2d(padded[t * per_group : (t + 1) * per_group], kernels[t], shift[t]), 2
-            )
+            ).relu()
             for t in range(groups)
         ]
     )
@@ -51,7 +53,7 @@ def test_forward_and_first_derivatives_equal_the_operators(
 ) -> None:
     padded, weight, shift = _inputs(groups, 4, channels, height, width)
     assert fused_conv_pool_applies(padded, weight)
-    ours, reference = conv_pool(padded, weight, shift), _reference(padded, weight, shift)
+    ours, reference = conv_pool_relu(padded, weight, shift), _reference(padded, weight, shift)
     torch.testing.assert_close(ours, reference, rtol=1e-12, atol=1e-12)
     assert ours.is_contiguous(memory_format=torch.channels_last)
     upstream = torch.randn_like(reference)
@@ -68,12 +70,12 @@ def test_second_derivatives_equal_the_operators() -> None:
     target = torch.randn(12, 8, 4, 4, dtype=torch.float64)
 
     def second_order(conv) -> list[torch.Tensor]:
-        loss = ((conv(padded, weight, shift).relu() - target) ** 2).sum()
+        loss = ((conv(padded, weight, shift) - target) ** 2).sum()
         grads = torch.autograd.grad(loss, (weight, shift), create_graph=True)
         penalty = sum((g**2).sum() for g in grads)
         return [*grads, *torch.autograd.grad(penalty, (weight, shift))]
 
-    for ours, reference in zip(second_order(conv_pool), second_order(_reference), strict=True):
+    for ours, reference in zip(second_order(conv_pool_relu), second_order(_reference), strict=True):
         torch.testing.assert_close(ours, reference, rtol=1e-9, atol=1e-9)
 
 
@@ -81,7 +83,7 @@ def test_gradcheck_to_third_order_by_finite_differences() -> None:
     padded, weight, shift = _inputs(2, 2, 1, 4, 6, seed=2)
 
     def cubed(w: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
-        return conv_pool(padded, w, s) ** 3
+        return conv_pool_relu(padded, w, s) ** 3
 
     assert torch.autograd.gradcheck(cubed, (weight, shift))
     assert torch.autograd.gradgradcheck(cubed, (weight, shift))
@@ -93,7 +95,7 @@ def test_ties_go_to_the_first_maximum_and_nan_propagates_as_in_max_pool() -> Non
     # One group per image: the NaN stays out of the tied image's gradients.
     weight = torch.ones(2, 8, 9, dtype=torch.float64, requires_grad=True)
     shift = torch.zeros(2, 8, dtype=torch.float64, requires_grad=True)
-    ours, reference = conv_pool(padded, weight, shift), _reference(padded, weight, shift)
+    ours, reference = conv_pool_relu(padded, weight, shift), _reference(padded, weight, shift)
     torch.testing.assert_close(ours, reference, equal_nan=True)
     finite = ours[0].isfinite().all()
     assert finite and ours[1].isnan().any()
@@ -135,8 +137,9 @@ def test_maml_meta_gradient_through_conv4_with_and_without_the_kernels(
     labels = torch.tensor([[0, 1, 2] * 3] * 2)
     batch = TaskBatch(images[:, :3], labels[:, :3], images[:, 3:], labels[:, 3:])
     calls = []
-    monkeypatch.setattr(fused_conv_pool, "conv_pool", _counting(conv_pool, calls))
-    monkeypatch.setattr("fastadapt.nn.folded_conv_block.conv_pool", _counting(conv_pool, calls))
+    counted = _counting(conv_pool_relu, calls)
+    monkeypatch.setattr(fused_conv_pool, "conv_pool_relu", counted)
+    monkeypatch.setattr("fastadapt.nn.folded_conv_block.conv_pool_relu", counted)
     grads = []
     for net, mode in ((model, "vmap"), (model, "loop"), (plain, "loop")):
         learner = MAML(net, problem="classification", inner_steps=2, inner_lr=0.4,

@@ -1,13 +1,15 @@
-// Fused 3x3 convolution + 2x2 max-pool for inputs with few channels (Conv-4's first block),
-// forward and backward, without materialising the full-resolution feature maps.
+// Fused 3x3 convolution + 2x2 max-pool + ReLU for inputs with few channels (Conv-4's first
+// block), forward and backward, without materialising the full-resolution feature maps.
 //
 // Shapes (all tensors contiguous); the N images form G equal consecutive groups (tasks), each
 // convolved with its own weights:
 //   padded  [N, C, Hp, Wp]   the zero-padded input;
 //   weight  [G, O, C*9]      the (BatchNorm-folded) convolution weights, one row per channel;
 //   shift   [G, O]           the bias added to every output;
-//   output  [N, Ho, Wo, O]   the pooled maps, channels last; Ho = (Hp - 2) / 2 (floor pooling);
-//   argmax  [N, Ho, Wo, O]   uint8: which of the window's 4 positions (row-major) holds the max.
+//   output  [N, Ho, Wo, O]   the pooled maps after the ReLU, channels last; Ho = (Hp - 2) / 2
+//                            (floor pooling);
+//   argmax  [N, Ho, Wo, O]   uint8: which of the window's 4 positions (row-major) holds the max,
+//                            or kInactive where the ReLU zeroes it (max <= 0): no gradient.
 //
 // At pooled position (i, j) the window's position d = 2 * di + dj sees the patch
 // x[c, 2i + di + ki, 2j + dj + kj] (k = 9c + 3ki + kj), so a whole window needs only the
@@ -26,6 +28,7 @@
 namespace {
 
 constexpr int kWindow = 4;    // 2x2 pooling window
+constexpr int kInactive = kWindow;    // argmax of an output the ReLU zeroed
 constexpr int64_t kTaps = 9;    // 3x3 kernel
 
 struct Geometry {
@@ -164,7 +167,8 @@ std::vector<at::Tensor> conv_pool_forward(const at::Tensor& padded_in, const at:
           typename L::Value acc[kWindow];
           convolve_window(w_g + block, patches, load<typename L::Value>(b_g + block), g.taps,
                           g.out_channels, acc);
-          // The first maximum wins and NaN propagates, as in at::max_pool2d.
+          // The first maximum wins and NaN propagates, as in at::max_pool2d; then the ReLU
+          // (NaN passes, as in at::relu; its gradient at 0 is 0, as in threshold_backward).
           typename L::Value best = acc[0];
           typename L::Mask which = {};
           for (int d = 1; d < kWindow; ++d) {
@@ -172,7 +176,9 @@ std::vector<at::Tensor> conv_pool_forward(const at::Tensor& padded_in, const at:
             best = take ? acc[d] : best;
             which = take ? typename L::Mask{} + d : which;
           }
-          store(out + offset + block, best);
+          const typename L::Mask active = (best > 0) | (best != best);
+          store(out + offset + block, active ? best : typename L::Value{});
+          which = active ? which : typename L::Mask{} + kInactive;
           store(arg + offset + block, __builtin_convertvector(which, typename L::Bytes));
         }
       });
@@ -181,8 +187,8 @@ std::vector<at::Tensor> conv_pool_forward(const at::Tensor& padded_in, const at:
   return {output, argmax};
 }
 
-// The convolution (no shift) evaluated only at each output's argmax position:
-// out[n, i, j, o] = w_o . p_{argmax[n, i, j, o]}(i, j); linear in the weight.
+// The convolution (no shift) evaluated only at each output's argmax position, 0 where the ReLU
+// zeroed the output: out[n, i, j, o] = w_o . p_{argmax[n, i, j, o]}(i, j); linear in the weight.
 at::Tensor conv_at_argmax(const at::Tensor& padded_in, const at::Tensor& weight_in,
                           const at::Tensor& argmax_in) {
   const at::Tensor padded = padded_in.contiguous();
@@ -205,8 +211,8 @@ at::Tensor conv_at_argmax(const at::Tensor& padded_in, const at::Tensor& weight_
                           acc);
           const auto which = __builtin_convertvector(
               load<typename L::Bytes>(arg + offset + block), typename L::Mask);
-          typename L::Value result = acc[0];
-          for (int d = 1; d < kWindow; ++d) result = which == d ? acc[d] : result;
+          typename L::Value result = {};
+          for (int d = 0; d < kWindow; ++d) result = which == d ? acc[d] : result;
           store(out + offset + block, result);
         }
       });
@@ -216,9 +222,9 @@ at::Tensor conv_at_argmax(const at::Tensor& padded_in, const at::Tensor& weight_
 }
 
 // The gradients of conv_pool_forward's output with respect to each group's weight and shift:
-// grad_weight[g, o, k] = sum over the group's (n, i, j) of grad[n, i, j, o] * p_{argmax}(i, j)[k],
-// grad_shift[g, o] = sum of grad[..., o] over the group. Linear in grad (conv_at_argmax's
-// adjoint). Each thread sums a fixed slice of rows into its own accumulators, so the result
+// grad_weight[g, o, k] = sum over the group's active (n, i, j) of grad[n, i, j, o] *
+// p_{argmax}(i, j)[k], grad_shift[g, o] = sum of grad[..., o] over them. Linear in grad
+// (conv_at_argmax's adjoint). Each thread sums a fixed slice of rows into its own accumulators, so the result
 // does not depend on scheduling.
 std::vector<at::Tensor> conv_pool_weight_grad(const at::Tensor& grad_in,
                                               const at::Tensor& padded_in,
@@ -253,7 +259,7 @@ std::vector<at::Tensor> conv_pool_weight_grad(const at::Tensor& grad_in,
             V routed[kWindow];  // the gradient where position d held the max, else 0
             for (int d = 0; d < kWindow; ++d) routed[d] = which == d ? gr : V{};
             scalar_t* shift_acc = acc + g.taps * out_channels + block;
-            store(shift_acc, load<V>(shift_acc) + gr);
+            store(shift_acc, load<V>(shift_acc) + (which == kInactive ? V{} : gr));
             for (int64_t k = 0; k < g.taps; ++k) {
               scalar_t* weight_acc = acc + k * out_channels + block;
               V sum = load<V>(weight_acc);
@@ -273,7 +279,8 @@ std::vector<at::Tensor> conv_pool_weight_grad(const at::Tensor& grad_in,
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.def("conv_pool_forward", &conv_pool_forward, "3x3 convolution + 2x2 max-pool, channels last");
+  m.def("conv_pool_forward", &conv_pool_forward,
+        "3x3 convolution + 2x2 max-pool + ReLU, channels last");
   m.def("conv_at_argmax", &conv_at_argmax, "the convolution at each output's argmax position");
   m.def("conv_pool_weight_grad", &conv_pool_weight_grad, "weight and shift gradients");
 }

@@ -36,7 +36,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from fastadapt.nn.fused_conv_pool import conv_pool, fused_conv_pool_applies
+from fastadapt.nn.fused_conv_pool import conv_pool_relu, fused_conv_pool_applies
 
 MAX_PATCH_SIZE = 27
 """The largest patch size ``C_in·k_h·k_w`` for which the folded form is used (3x3 RGB)."""
@@ -78,7 +78,7 @@ def folded_conv_block(
         patches, weight.reshape(out_channels, -1), bias, bn_weight, bn_bias, eps
     )
     if _fuses(x, matrix, kernel, stride, pool):
-        return conv_pool(F.pad(x, (padding,) * 4), matrix, shift).relu()
+        return conv_pool_relu(F.pad(x, (padding,) * 4), matrix, shift)
     # Written channels-last: with a one-channel input both layouts look alike to the
     # convolution, and the weight's layout then picks the output's (inside torch.vmap,
     # whose batched tensors have no layout, as it is).
@@ -120,7 +120,7 @@ def folded_conv_block_over_tasks(
     )
     if _fuses(x, matrix, kernel, stride, pool):
         padded = F.pad(x.flatten(0, 1), (padding,) * 4)
-        out = conv_pool(padded, matrix, shift).relu()
+        out = conv_pool_relu(padded, matrix, shift)
         return out.view(tasks, images, *out.shape[1:])
     height, width = _output_size(x.shape[-2:], kernel, padding, stride)
     # [B, N·H'·W', C_out] is each task's output channels-last, viewed as NCHW.
@@ -136,7 +136,7 @@ def folded_conv_block_over_tasks(
 def _fuses(
     x: torch.Tensor, matrix: torch.Tensor, kernel: torch.Size, stride: int, pool: bool
 ) -> bool:
-    """Whether the convolution and max-pool run as one kernel
+    """Whether the convolution, max-pool and ReLU run as one kernel
     (:mod:`fastadapt.nn.fused_conv_pool`: 3x3, stride 1, pooled, and inputs it takes)."""
     return pool and stride == 1 and tuple(kernel) == (3, 3) and fused_conv_pool_applies(x, matrix)
 

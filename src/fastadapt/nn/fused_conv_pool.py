@@ -1,4 +1,5 @@
-"""A 3x3 convolution and the 2x2 max-pool after it as one CPU kernel, forward and backward.
+"""A 3x3 convolution, the 2x2 max-pool and the ReLU after it as one CPU kernel, forward and
+backward.
 
 Conv-4's first block (:mod:`fastadapt.nn.folded_conv_block`) convolves a one- or three-channel
 image into 64 full-resolution maps only to max-pool them: in PyTorch operators those maps are
@@ -8,10 +9,13 @@ pool's gradient (mostly zeros) and read by the convolution's weight gradient: fo
 the second block's 1 GFLOP. The kernels in ``_conv_pool_kernels.cpp`` never form those maps:
 
 - forward: at each pooled position, the convolution at the window's four positions from the
-  input's 4x4 neighbourhood, their maximum and which position held it (one byte);
+  input's 4x4 neighbourhood, their maximum and which position held it (one byte), then the
+  ReLU, whose zeroed outputs that byte marks as passing no gradient (so the pooled maps need no
+  separate ReLU pass and no ReLU backward either);
 - backward: the weight and bias gradients summed straight from the pooled gradient, the input
-  patches and those positions (:math:`\\partial L/\\partial w_o = \\sum g_o\\, p_{a_o}`, the
-  convolution's gradient restricted to the entries the max-pool routes gradient to);
+  patches and those positions (:math:`\\partial L/\\partial w_o = \\sum g_o\\, p_{a_o}` over
+  the outputs the ReLU passes, the convolution's gradient restricted to the entries the max-pool
+  and the ReLU route gradient to);
 - double backward (second-order MAML): the weight gradient is linear in the pooled gradient,
   its adjoint is the convolution evaluated at those positions, and that one's adjoint is the
   weight gradient again, so derivatives of every order reuse the same two kernels.
@@ -24,9 +28,9 @@ minute, cached under ``~/.cache/torch_extensions``); if that fails, a warning sa
 PyTorch operators run instead, with the same results. Setting the environment variable
 ``FASTADAPT_FUSED_KERNELS=0`` turns the kernels off (to compare, or to rule them out).
 
-Ties go to the window's first maximum and NaN propagates, as in ``torch.max_pool2d``; the
-results equal the operators' up to float rounding (tested against them to float64 precision,
-first and second derivatives included).
+Ties go to the window's first maximum and NaN propagates, as in ``torch.max_pool2d`` and
+``torch.relu``, whose gradient at 0 is 0; the results equal the operators' up to float
+rounding (tested against them to float64 precision, first and second derivatives included).
 """
 
 from __future__ import annotations
@@ -48,6 +52,8 @@ SWITCH_VARIABLE = "FASTADAPT_FUSED_KERNELS"
 LANE_CHANNELS = 8
 """The kernels take output channels in blocks of 8 (one 32-byte vector of float32)."""
 
+_INACTIVE = 4
+"""The argmax byte of an output the ReLU zeroed (``kInactive`` in the kernels)."""
 _SOURCE = Path(__file__).with_name("_conv_pool_kernels.cpp")
 _DTYPES = (torch.float32, torch.float64)
 _log = logging.getLogger(__name__)
@@ -65,9 +71,9 @@ def fused_conv_pool_applies(x: torch.Tensor, weight: torch.Tensor) -> bool:
     return plain and cpu and fits and _kernels() is not None
 
 
-def conv_pool(padded: torch.Tensor, weight: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
-    """``max_pool2d(conv2d(padded, weight, shift), 2)`` for a 3x3 convolution on an already
-    padded input ``[N, C, H, W]``: ``[N, O, (H-2)//2, (W-2)//2]``, channels-last.
+def conv_pool_relu(padded: torch.Tensor, weight: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    """``relu(max_pool2d(conv2d(padded, weight, shift), 2))`` for a 3x3 convolution on an
+    already padded input ``[N, C, H, W]``: ``[N, O, (H-2)//2, (W-2)//2]``, channels-last.
 
     ``weight`` ``[O, C·9]`` and ``shift`` ``[O]`` serve every image; ``[G, O, C·9]`` and
     ``[G, O]`` give each of ``G`` equal consecutive groups of images (tasks) its own.
@@ -124,14 +130,15 @@ class _WeightGrad(torch.autograd.Function):
             groups, channels = grad_shift.shape
             per_group = grad_shift.view(groups, 1, 1, 1, channels)
             images = argmax.shape[0] // groups
-            shifted = per_group.expand(groups, images, *argmax.shape[1:]).reshape(argmax.shape)
+            passed = (argmax < _INACTIVE).view(groups, images, *argmax.shape[1:])
+            shifted = (per_group * passed).view(argmax.shape)
             grad = shifted if grad is None else grad + shifted
         return grad, None, None, None
 
 
 class _ConvAtArgmax(torch.autograd.Function):
-    """The convolution (no shift) at each output's argmax position; linear in the weight, the
-    adjoint of :class:`_WeightGrad`."""
+    """The convolution (no shift) at each output's argmax position, 0 where the ReLU zeroed the
+    output; linear in the weight, the adjoint of :class:`_WeightGrad`."""
 
     @staticmethod
     def forward(

@@ -31,11 +31,20 @@ def _reference(padded: torch.Tensor, weight: torch.Tensor, shift: torch.Tensor) 
     )
 
 
-def _inputs(groups: int, images: int, channels: int, height: int, width: int, seed: int = 0):
+def _inputs(
+    groups: int,
+    images: int,
+    channels: int,
+    height: int,
+    width: int,
+    seed: int = 0,
+    out_channels: int = 8,
+    dtype: torch.dtype = torch.float64,
+):
     g = torch.Generator().manual_seed(seed)
-    x = torch.rand(groups * images, channels, height, width, generator=g, dtype=torch.float64)
-    weight = torch.randn(groups, 8, channels * 9, generator=g, dtype=torch.float64)
-    shift = torch.randn(groups, 8, generator=g, dtype=torch.float64)
+    x = torch.rand(groups * images, channels, height, width, generator=g, dtype=dtype)
+    weight = torch.randn(groups, out_channels, channels * 9, generator=g, dtype=dtype)
+    shift = torch.randn(groups, out_channels, generator=g, dtype=dtype)
     return F.pad(x, (1, 1, 1, 1)), weight.requires_grad_(), shift.requires_grad_()
 
 
@@ -62,6 +71,34 @@ def test_forward_and_first_derivatives_equal_the_operators(
     ]
     for a, b in zip(*grads, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("out_channels", [40, 64])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_channel_tiles_and_their_remainder_in_both_precisions(
+    out_channels: int, dtype: torch.dtype
+) -> None:
+    """The kernels take channels in tiles of several vectors and the rest one vector at a time
+    (40 channels: a tile and a remainder in float32, two tiles and a remainder in float64)."""
+    padded, weight, shift = _inputs(2, 3, 1, 10, 10, seed=3, out_channels=out_channels, dtype=dtype)
+    reference_inputs = [padded.double()] + [
+        t.detach().double().requires_grad_() for t in (weight, shift)
+    ]
+    ours, reference = conv_pool_relu(padded, weight, shift), _reference(*reference_inputs)
+    tolerance = {"rtol": 1e-4, "atol": 1e-4} if dtype == torch.float32 else {}
+    torch.testing.assert_close(ours.double(), reference, **tolerance)
+    upstream = torch.randn(reference.shape, dtype=torch.float64)
+    grads = torch.autograd.grad(
+        (ours.square() * upstream.to(dtype)).sum(), (weight, shift), create_graph=True
+    )
+    expected = torch.autograd.grad(
+        (reference.square() * upstream).sum(), reference_inputs[1:], create_graph=True
+    )
+    for a, b in zip(grads, expected, strict=True):
+        torch.testing.assert_close(a.double(), b, **tolerance)
+    second = torch.autograd.grad(grads[0].square().sum(), weight)[0]
+    expected_second = torch.autograd.grad(expected[0].square().sum(), reference_inputs[1])[0]
+    torch.testing.assert_close(second.double(), expected_second, **tolerance)
 
 
 def test_second_derivatives_equal_the_operators() -> None:

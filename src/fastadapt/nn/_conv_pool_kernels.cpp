@@ -23,6 +23,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 #include <vector>
 
 namespace {
@@ -113,16 +114,41 @@ inline void store(Element* to, const T& value) {
   std::memcpy(to, &value, sizeof value);
 }
 
-// The convolution at the window's 4 positions for one block of output channels:
-// acc[d] = init + w . p_d.
-template <typename scalar_t>
+// Channel blocks are taken kTile at a time, so that each patch value, once broadcast, feeds
+// kTile vector products and a window's kWindow x kTile accumulators stay in registers; the
+// channels left over (O not a multiple of kTile blocks) go one block at a time.
+constexpr int kTile = 4;
+
+// Calls body(tile, block) for the tiles of channel blocks: tile is a std::integral_constant
+// holding the number of blocks (kTile or 1), block the tile's first channel.
+template <int64_t kLanes, typename Body>
+inline void for_each_tile(int64_t out_channels, const Body& body) {
+  int64_t block = 0;
+  for (; block + kTile * kLanes <= out_channels; block += kTile * kLanes) {
+    body(std::integral_constant<int, kTile>{}, block);
+  }
+  for (; block < out_channels; block += kLanes) body(std::integral_constant<int, 1>{}, block);
+}
+
+// The convolution at the window's 4 positions for a tile of kBlocks channel blocks starting
+// at weight_t's first column: acc[d][b] = shift + w . p_d (no shift where shift is null).
+template <typename scalar_t, int kBlocks>
 inline void convolve_window(const scalar_t* weight_t, const scalar_t* patches,
-                            typename Lanes<scalar_t>::Value init, int64_t taps,
-                            int64_t out_channels, typename Lanes<scalar_t>::Value* acc) {
-  for (int d = 0; d < kWindow; ++d) acc[d] = init;
+                            const scalar_t* shift, int64_t taps, int64_t out_channels,
+                            typename Lanes<scalar_t>::Value (&acc)[kWindow][kBlocks]) {
+  using V = typename Lanes<scalar_t>::Value;
+  constexpr int64_t lanes = Lanes<scalar_t>::size;
+  for (int b = 0; b < kBlocks; ++b) {
+    const V init = shift == nullptr ? V{} : load<V>(shift + b * lanes);
+    for (int d = 0; d < kWindow; ++d) acc[d][b] = init;
+  }
   for (int64_t k = 0; k < taps; ++k) {
-    const auto w = load<typename Lanes<scalar_t>::Value>(weight_t + k * out_channels);
-    for (int d = 0; d < kWindow; ++d) acc[d] += w * patches[d * taps + k];
+    V w[kBlocks];
+    for (int b = 0; b < kBlocks; ++b) w[b] = load<V>(weight_t + k * out_channels + b * lanes);
+    for (int d = 0; d < kWindow; ++d) {
+      const scalar_t pixel = patches[d * taps + k];
+      for (int b = 0; b < kBlocks; ++b) acc[d][b] += w[b] * pixel;
+    }
   }
 }
 
@@ -163,24 +189,27 @@ std::vector<at::Tensor> conv_pool_forward(const at::Tensor& padded_in, const at:
                       [&](const scalar_t* patches, int64_t group, int64_t offset) {
         const scalar_t* w_g = w + group * g.taps * g.out_channels;
         const scalar_t* b_g = b + group * g.out_channels;
-        for (int64_t block = 0; block < g.out_channels; block += L::size) {
-          typename L::Value acc[kWindow];
-          convolve_window(w_g + block, patches, load<typename L::Value>(b_g + block), g.taps,
-                          g.out_channels, acc);
-          // The first maximum wins and NaN propagates, as in at::max_pool2d; then the ReLU
-          // (NaN passes, as in at::relu; its gradient at 0 is 0, as in threshold_backward).
-          typename L::Value best = acc[0];
-          typename L::Mask which = {};
-          for (int d = 1; d < kWindow; ++d) {
-            const typename L::Mask take = (acc[d] > best) | (acc[d] != acc[d]);
-            best = take ? acc[d] : best;
-            which = take ? typename L::Mask{} + d : which;
+        for_each_tile<L::size>(g.out_channels, [&](auto tile, int64_t block) {
+          constexpr int kBlocks = decltype(tile)::value;
+          typename L::Value acc[kWindow][kBlocks];
+          convolve_window(w_g + block, patches, b_g + block, g.taps, g.out_channels, acc);
+          for (int b = 0; b < kBlocks; ++b) {
+            // The first maximum wins and NaN propagates, as in at::max_pool2d; then the ReLU
+            // (NaN passes, as in at::relu; its gradient at 0 is 0, as in threshold_backward).
+            typename L::Value best = acc[0][b];
+            typename L::Mask which = {};
+            for (int d = 1; d < kWindow; ++d) {
+              const typename L::Mask take = (acc[d][b] > best) | (acc[d][b] != acc[d][b]);
+              best = take ? acc[d][b] : best;
+              which = take ? typename L::Mask{} + d : which;
+            }
+            const typename L::Mask active = (best > 0) | (best != best);
+            which = active ? which : typename L::Mask{} + kInactive;
+            const int64_t at = offset + block + b * L::size;
+            store(out + at, active ? best : typename L::Value{});
+            store(arg + at, __builtin_convertvector(which, typename L::Bytes));
           }
-          const typename L::Mask active = (best > 0) | (best != best);
-          store(out + offset + block, active ? best : typename L::Value{});
-          which = active ? which : typename L::Mask{} + kInactive;
-          store(arg + offset + block, __builtin_convertvector(which, typename L::Bytes));
-        }
+        });
       });
     });
   });
@@ -205,16 +234,20 @@ at::Tensor conv_at_argmax(const at::Tensor& padded_in, const at::Tensor& weight_
       for_each_window(padded.data_ptr<scalar_t>(), g, begin, end,
                       [&](const scalar_t* patches, int64_t group, int64_t offset) {
         const scalar_t* w_g = w + group * g.taps * g.out_channels;
-        for (int64_t block = 0; block < g.out_channels; block += L::size) {
-          typename L::Value acc[kWindow];
-          convolve_window(w_g + block, patches, typename L::Value{}, g.taps, g.out_channels,
-                          acc);
-          const auto which = __builtin_convertvector(
-              load<typename L::Bytes>(arg + offset + block), typename L::Mask);
-          typename L::Value result = {};
-          for (int d = 0; d < kWindow; ++d) result = which == d ? acc[d] : result;
-          store(out + offset + block, result);
-        }
+        for_each_tile<L::size>(g.out_channels, [&](auto tile, int64_t block) {
+          constexpr int kBlocks = decltype(tile)::value;
+          typename L::Value acc[kWindow][kBlocks];
+          convolve_window<scalar_t, kBlocks>(w_g + block, patches, nullptr, g.taps,
+                                             g.out_channels, acc);
+          for (int b = 0; b < kBlocks; ++b) {
+            const int64_t at = offset + block + b * L::size;
+            const auto which =
+                __builtin_convertvector(load<typename L::Bytes>(arg + at), typename L::Mask);
+            typename L::Value result = {};
+            for (int d = 0; d < kWindow; ++d) result = which == d ? acc[d][b] : result;
+            store(out + at, result);
+          }
+        });
       });
     });
   });
@@ -252,21 +285,29 @@ std::vector<at::Tensor> conv_pool_weight_grad(const at::Tensor& grad_in,
                         rows * (slice + 1) / slices,
                         [&](const scalar_t* patches, int64_t group, int64_t offset) {
           scalar_t* acc = sums + (slice * groups + group) * (g.taps + 1) * out_channels;
-          for (int64_t block = 0; block < out_channels; block += L::size) {
-            const V gr = load<V>(gy + offset + block);
-            const auto which = __builtin_convertvector(
-                load<typename L::Bytes>(arg + offset + block), typename L::Mask);
-            V routed[kWindow];  // the gradient where position d held the max, else 0
-            for (int d = 0; d < kWindow; ++d) routed[d] = which == d ? gr : V{};
-            scalar_t* shift_acc = acc + g.taps * out_channels + block;
-            store(shift_acc, load<V>(shift_acc) + (which == kInactive ? V{} : gr));
+          for_each_tile<L::size>(out_channels, [&](auto tile, int64_t block) {
+            constexpr int kBlocks = decltype(tile)::value;
+            V routed[kWindow][kBlocks];  // the gradient where position d held the max, else 0
+            for (int b = 0; b < kBlocks; ++b) {
+              const int64_t at = offset + block + b * L::size;
+              const V gr = load<V>(gy + at);
+              const auto which =
+                  __builtin_convertvector(load<typename L::Bytes>(arg + at), typename L::Mask);
+              for (int d = 0; d < kWindow; ++d) routed[d][b] = which == d ? gr : V{};
+              scalar_t* shift_acc = acc + g.taps * out_channels + block + b * L::size;
+              store(shift_acc, load<V>(shift_acc) + (which == kInactive ? V{} : gr));
+            }
             for (int64_t k = 0; k < g.taps; ++k) {
               scalar_t* weight_acc = acc + k * out_channels + block;
-              V sum = load<V>(weight_acc);
-              for (int d = 0; d < kWindow; ++d) sum += routed[d] * patches[d * g.taps + k];
-              store(weight_acc, sum);
+              V sum[kBlocks];
+              for (int b = 0; b < kBlocks; ++b) sum[b] = load<V>(weight_acc + b * L::size);
+              for (int d = 0; d < kWindow; ++d) {
+                const scalar_t pixel = patches[d * g.taps + k];
+                for (int b = 0; b < kBlocks; ++b) sum[b] += routed[d][b] * pixel;
+              }
+              for (int b = 0; b < kBlocks; ++b) store(weight_acc + b * L::size, sum[b]);
             }
-          }
+          });
         });
       }
     });

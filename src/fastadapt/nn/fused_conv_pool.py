@@ -168,7 +168,8 @@ def _kernels() -> ModuleType | None:
         return cpp_extension.load(
             name=f"fastadapt_conv_pool_{digest}",
             sources=[str(_SOURCE)],
-            extra_cflags=["-O3", "-march=native"],
+            extra_cflags=["-O3", "-march=native", "-fopenmp"],
+            extra_ldflags=["-fopenmp"],
         )
     except Exception as error:  # no compiler, no ninja, a failed build: fall back, loudly
         warnings.warn(

@@ -9,9 +9,10 @@ fused for fastadapt, as its trainer uses it). Second order by default; ``--first
 first-order MAML instead (results in ``maml_conv4_speed_first_order.json``). Rows:
 
 - ``fastadapt``: ``MAML(Conv4(1, ways=5))`` and ``meta_loss`` on the ``TaskBatch``;
-- ``fastadapt, no fused kernels``: the same with Conv-4's first block as PyTorch operators
-  (``FASTADAPT_FUSED_KERNELS=0``, :mod:`fastadapt.nn.fused_conv_pool`), what the fused
-  convolution + max-pool kernels are worth;
+- ``fastadapt, no fused kernels``: the same with Conv-4's blocks as PyTorch operators
+  (``FASTADAPT_FUSED_KERNELS=0``: neither :mod:`fastadapt.nn.fused_conv_pool` in the first
+  block nor :mod:`fastadapt.nn.fused_batchnorm_pool` in the others), what those kernels are
+  worth;
 - ``fastadapt, bfloat16``: the same in mixed precision (``train.precision = "bfloat16"``,
   ``fastadapt.nn.precision``): the backbone in bfloat16, losses, weights and optimiser in
   float32. Not the float32 workload of the other rows: a separate figure, fast on CPUs with
@@ -112,7 +113,7 @@ def _workload() -> MamlWorkload:
 
 def _build_fastadapt(precision: str = "float32", fused: bool = True) -> tuple[Step, str]:
     from fastadapt import MAML, Conv4, TaskBatch
-    from fastadapt.nn.fused_conv_pool import SWITCH_VARIABLE
+    from fastadapt.nn._kernel_build import SWITCH_VARIABLE
     from fastadapt.nn.precision import training_autocast
 
     if not fused:  # this row's worker process only
@@ -133,7 +134,7 @@ def _build_fastadapt(precision: str = "float32", fused: bool = True) -> tuple[St
         return loss.detach()
 
     note = f"batch_mode={learner.batch_mode}, fused Adam"
-    note += "" if fused else ", first block as PyTorch operators"
+    note += "" if fused else ", no fused CPU kernels"
     return step, note + (f", {precision} autocast" if precision != "float32" else "")
 
 

@@ -9,10 +9,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from fastadapt import MAML, TaskBatch
-from fastadapt.nn import fused_conv_pool
+from fastadapt.nn import _kernel_build, fused_conv_pool
+from fastadapt.nn._kernel_build import SWITCH_VARIABLE
 from fastadapt.nn.conv4 import Conv4
 from fastadapt.nn.folded_conv_block import folded_conv_block
-from fastadapt.nn.fused_conv_pool import SWITCH_VARIABLE, conv_pool_relu, fused_conv_pool_applies
+from fastadapt.nn.fused_conv_pool import conv_pool_relu, fused_conv_pool_applies
 
 
 def _reference(padded: torch.Tensor, weight: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
@@ -200,13 +201,13 @@ def test_a_failed_build_warns_once_and_the_block_still_computes(
     weight = torch.randn(8, 1, 3, 3, dtype=torch.float64)
     expected = folded_conv_block(x, weight, None, None, None, eps=1e-5, padding=1)
     monkeypatch.setattr(cpp_extension, "load", no_compiler)
-    fused_conv_pool._kernels.cache_clear()
+    _kernel_build.build_kernels.cache_clear()
     try:
         with pytest.warns(UserWarning, match="no C\\+\\+ compiler found.*same results"):
             assert not fused_conv_pool_applies(x, weight.view(8, 9))
         fallback = folded_conv_block(x, weight, None, None, None, eps=1e-5, padding=1)
     finally:
-        fused_conv_pool._kernels.cache_clear()
+        _kernel_build.build_kernels.cache_clear()
     torch.testing.assert_close(fallback, expected, rtol=1e-12, atol=1e-12)
 
 

@@ -22,14 +22,14 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
-#include <cstring>
 #include <type_traits>
 #include <vector>
 
+#include "_kernel_vectors.h"
+
 namespace {
 
-constexpr int kWindow = 4;    // 2x2 pooling window
-constexpr int kInactive = kWindow;    // argmax of an output the ReLU zeroed
+using namespace fastadapt_kernels;
 constexpr int64_t kTaps = 9;    // 3x3 kernel
 
 struct Geometry {
@@ -79,39 +79,6 @@ inline void window_patches(const scalar_t* image, const Geometry& g, int64_t i, 
       }
     }
   }
-}
-
-// Output channels are processed in blocks of one 32-byte vector (8 floats or 4 doubles, GCC's
-// and Clang's vector extensions), so O must be a multiple of 8.
-template <typename scalar_t>
-struct Lanes;
-
-template <>
-struct Lanes<float> {
-  typedef float Value __attribute__((vector_size(32)));
-  typedef int32_t Mask __attribute__((vector_size(32)));
-  typedef uint8_t Bytes __attribute__((vector_size(8)));
-  static constexpr int64_t size = 8;
-};
-
-template <>
-struct Lanes<double> {
-  typedef double Value __attribute__((vector_size(32)));
-  typedef int64_t Mask __attribute__((vector_size(32)));
-  typedef uint8_t Bytes __attribute__((vector_size(4)));
-  static constexpr int64_t size = 4;
-};
-
-template <typename T, typename Element>
-inline T load(const Element* from) {
-  T value;
-  std::memcpy(&value, from, sizeof value);
-  return value;
-}
-
-template <typename T, typename Element>
-inline void store(Element* to, const T& value) {
-  std::memcpy(to, &value, sizeof value);
 }
 
 // Channel blocks are taken kTile at a time, so that each patch value, once broadcast, feeds
@@ -194,20 +161,10 @@ std::vector<at::Tensor> conv_pool_forward(const at::Tensor& padded_in, const at:
           typename L::Value acc[kWindow][kBlocks];
           convolve_window(w_g + block, patches, b_g + block, g.taps, g.out_channels, acc);
           for (int b = 0; b < kBlocks; ++b) {
-            // The first maximum wins and NaN propagates, as in at::max_pool2d; then the ReLU
-            // (NaN passes, as in at::relu; its gradient at 0 is 0, as in threshold_backward).
-            typename L::Value best = acc[0][b];
-            typename L::Mask which = {};
-            for (int d = 1; d < kWindow; ++d) {
-              const typename L::Mask take = (acc[d][b] > best) | (acc[d][b] != acc[d][b]);
-              best = take ? acc[d][b] : best;
-              which = take ? typename L::Mask{} + d : which;
-            }
-            const typename L::Mask active = (best > 0) | (best != best);
-            which = active ? which : typename L::Mask{} + kInactive;
+            const typename L::Value window[kWindow] = {acc[0][b], acc[1][b], acc[2][b],
+                                                       acc[3][b]};
             const int64_t at = offset + block + b * L::size;
-            store(out + at, active ? best : typename L::Value{});
-            store(arg + at, __builtin_convertvector(which, typename L::Bytes));
+            store_pooled(window, out + at, arg + at);
           }
         });
       });
@@ -241,8 +198,7 @@ at::Tensor conv_at_argmax(const at::Tensor& padded_in, const at::Tensor& weight_
                                              g.out_channels, acc);
           for (int b = 0; b < kBlocks; ++b) {
             const int64_t at = offset + block + b * L::size;
-            const auto which =
-                __builtin_convertvector(load<typename L::Bytes>(arg + at), typename L::Mask);
+            const auto which = load_argmax<scalar_t>(arg + at);
             typename L::Value result = {};
             for (int d = 0; d < kWindow; ++d) result = which == d ? acc[d][b] : result;
             store(out + at, result);
@@ -291,8 +247,7 @@ std::vector<at::Tensor> conv_pool_weight_grad(const at::Tensor& grad_in,
             for (int b = 0; b < kBlocks; ++b) {
               const int64_t at = offset + block + b * L::size;
               const V gr = load<V>(gy + at);
-              const auto which =
-                  __builtin_convertvector(load<typename L::Bytes>(arg + at), typename L::Mask);
+              const auto which = load_argmax<scalar_t>(arg + at);
               for (int d = 0; d < kWindow; ++d) routed[d][b] = which == d ? gr : V{};
               scalar_t* shift_acc = acc + g.taps * out_channels + block + b * L::size;
               store(shift_acc, load<V>(shift_acc) + (which == kInactive ? V{} : gr));

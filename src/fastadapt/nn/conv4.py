@@ -13,7 +13,9 @@ The blocks compute exactly that function, faster on a CPU:
 - where the input has few channels (the first block on grayscale or RGB images), BatchNorm is
   folded into the convolution from the input's patch statistics
   (:mod:`fastadapt.nn.folded_conv_block`), which removes the BatchNorm passes over the largest
-  feature maps, forward and backward.
+  feature maps, forward and backward;
+- in the other blocks, BatchNorm with batch statistics, the max-pool and the ReLU run as one CPU
+  kernel (:mod:`fastadapt.nn.fused_batchnorm_pool`) that never writes the normalised maps.
 
 For a batch of tasks with per-task weights (MAML's inner loop in ``"vmap"`` mode,
 :mod:`fastadapt.nn.batching`), ``forward_over_tasks`` runs the folded first block of every task
@@ -42,6 +44,7 @@ from fastadapt.nn.folded_conv_block import (
     folded_conv_block,
     folded_conv_block_over_tasks,
 )
+from fastadapt.nn.fused_batchnorm_pool import batchnorm_pool_relu, fused_batchnorm_pool_applies
 from fastadapt.nn.image_input import check_image_batch, to_channels_last
 
 DOWNSAMPLING = ("pool", "stride")
@@ -87,7 +90,11 @@ class ConvBlock(nn.Sequential):
                 stride=conv.stride[0], pool=isinstance(pool, nn.MaxPool2d),
             )  # fmt: skip
         else:
-            out = relu(pool(norm(conv(x))))
+            y = conv(x)
+            if self._fuses_norm_pool(y):
+                out = batchnorm_pool_relu(y, norm.weight, norm.bias, norm.eps)
+            else:
+                out = relu(pool(norm(y)))
         for layer in dropout:
             out = layer(out)
         return out
@@ -119,6 +126,15 @@ class ConvBlock(nn.Sequential):
         for layer in dropout:
             out = layer(out)
         return out
+
+    def _fuses_norm_pool(self, y: torch.Tensor) -> bool:
+        """Whether BatchNorm, max-pool and ReLU run as one kernel on the convolution's output
+        ``y`` (:mod:`fastadapt.nn.fused_batchnorm_pool`: batch statistics, floor pooling)."""
+        _, norm, pool, *_ = self
+        odd = y.shape[-1] % 2 == 1 or y.shape[-2] % 2 == 1
+        floor_pools = isinstance(pool, nn.MaxPool2d) and not (pool.ceil_mode and odd)
+        batch_statistics = norm.running_mean is None
+        return floor_pools and batch_statistics and fused_batchnorm_pool_applies(y, norm.weight)
 
     def _folds(self, x: torch.Tensor) -> bool:
         """Whether the block runs in the folded form on inputs shaped like ``x``."""

@@ -22,11 +22,8 @@ the second block's 1 GFLOP. The kernels in ``_conv_pool_kernels.cpp`` never form
 
 The input's own gradient is not computed (images need none); an input that requires grad takes
 the PyTorch operators. So do CUDA tensors, dtypes other than float32 and float64, tensors
-inside ``torch.func`` transforms, and any run where the kernels cannot be built: they are
-compiled once per machine with the system's C++ compiler (``torch.utils.cpp_extension``, about a
-minute, cached under ``~/.cache/torch_extensions``); if that fails, a warning says why and the
-PyTorch operators run instead, with the same results. Setting the environment variable
-``FASTADAPT_FUSED_KERNELS=0`` turns the kernels off (to compare, or to rule them out).
+inside ``torch.func`` transforms, and any run where the kernels cannot be built or are switched
+off (:mod:`fastadapt.nn._kernel_build`).
 
 Ties go to the window's first maximum and NaN propagates, as in ``torch.max_pool2d`` and
 ``torch.relu``, whose gradient at 0 is 0; the results equal the operators' up to float
@@ -35,40 +32,27 @@ rounding (tested against them to float64 precision, first and second derivatives
 
 from __future__ import annotations
 
-import functools
-import hashlib
-import logging
-import os
-import warnings
-from pathlib import Path
 from types import ModuleType
 
 import torch
 from torch.autograd.function import FunctionCtx
 
-SWITCH_VARIABLE = "FASTADAPT_FUSED_KERNELS"
-"""Environment variable: ``0`` turns the fused kernels off."""
+from fastadapt.nn._kernel_build import build_kernels, kernels_switched_on, plain_cpu_tensors
 
 LANE_CHANNELS = 8
 """The kernels take output channels in blocks of 8 (one 32-byte vector of float32)."""
 
 _INACTIVE = 4
 """The argmax byte of an output the ReLU zeroed (``kInactive`` in the kernels)."""
-_SOURCE = Path(__file__).with_name("_conv_pool_kernels.cpp")
-_DTYPES = (torch.float32, torch.float64)
-_log = logging.getLogger(__name__)
 
 
 def fused_conv_pool_applies(x: torch.Tensor, weight: torch.Tensor) -> bool:
-    """Whether :func:`conv_pool` can run on input ``x`` and weight ``weight`` (module doc);
+    """Whether :func:`conv_pool_relu` can run on input ``x`` and weight ``weight`` (module doc);
     builds the kernels on the first call that needs them."""
-    if os.environ.get(SWITCH_VARIABLE, "1") == "0":
+    if not kernels_switched_on() or x.requires_grad or not plain_cpu_tensors(x, weight):
         return False
-    wrapped = torch._C._functorch.is_functorch_wrapped_tensor
-    plain = not (wrapped(x) or wrapped(weight) or x.requires_grad)
-    cpu = x.device.type == "cpu" and weight.device.type == "cpu"
-    fits = weight.shape[-2] % LANE_CHANNELS == 0 and x.dtype in _DTYPES and weight.dtype == x.dtype
-    return plain and cpu and fits and _kernels() is not None
+    fits = weight.shape[-2] % LANE_CHANNELS == 0 and weight.dtype == x.dtype
+    return fits and _kernels() is not None
 
 
 def conv_pool_relu(padded: torch.Tensor, weight: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
@@ -155,38 +139,6 @@ class _ConvAtArgmax(torch.autograd.Function):
         return None, grad_weight, None
 
 
-@functools.cache
 def _kernels() -> ModuleType | None:
-    """The compiled kernels, built on first use for this machine's CPU; ``None`` (with a
-    warning) where they cannot be built."""
-    from torch.utils import cpp_extension
-
-    source = _SOURCE.read_bytes()
-    digest = hashlib.sha256(source + _cpu_flags().encode()).hexdigest()[:16]
-    _log.info("building fastadapt's fused convolution + max-pool kernels (once per machine)")
-    try:
-        return cpp_extension.load(
-            name=f"fastadapt_conv_pool_{digest}",
-            sources=[str(_SOURCE)],
-            extra_cflags=["-O3", "-march=native", "-fopenmp"],
-            extra_ldflags=["-fopenmp"],
-        )
-    except Exception as error:  # no compiler, no ninja, a failed build: fall back, loudly
-        warnings.warn(
-            f"fastadapt could not build its fused convolution + max-pool CPU kernels ({error}); "
-            "Conv-4's first block runs as PyTorch operators instead (same results, slower). "
-            f"Install a C++ compiler and ninja to get them, or set {SWITCH_VARIABLE}=0 to "
-            "silence this.",
-            stacklevel=3,
-        )
-        return None
-
-
-def _cpu_flags() -> str:
-    """This CPU's instruction-set flags (Linux), so that a shared cache never serves a build
-    for ``-march=native`` of another CPU."""
-    try:
-        lines = Path("/proc/cpuinfo").read_text().splitlines()
-    except OSError:
-        return ""
-    return next((line for line in lines if line.startswith("flags")), "")
+    """The compiled kernels (``None`` where they cannot be built)."""
+    return build_kernels("_conv_pool_kernels.cpp", "convolution + max-pool")

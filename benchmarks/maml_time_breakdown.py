@@ -14,9 +14,11 @@ step only. It times the plain step (median of 5 after 3 warm-ups), then runs 3 m
   convolutions are compared with.
 
 The operator times include the timer's own few microseconds per call and leave out the Python
-and autograd-engine time between operators, so their sum differs from the plain step by a few
-percent either way (1,284 against 1,221 ms second order, 987 against 1,022 ms first order on
-the 2-core CPU); the shares are of that sum. Run from the project root:
+and autograd-engine time between operators, and fastadapt's fused CPU kernels, which are not
+ATen operators (``fastadapt.nn.fused_conv_pool``, ``fastadapt.nn.fused_batchnorm_pool``): their
+sum fell short of the plain step by about 120 ms in either order on the 2-core CPU (846 against
+968 ms second order, 574 against 695 ms first order, 2026-12-06); the shares are of that sum.
+Run from the project root:
 
     python benchmarks/maml_time_breakdown.py [--first-order] [--threads 2] [--top 25]
 

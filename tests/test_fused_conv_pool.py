@@ -1,5 +1,5 @@
 """The fused convolution + max-pool + ReLU kernels equal PyTorch's operators, derivatives
-included."""
+included; with the BatchNorm + max-pool + ReLU kernel, MAML through Conv-4 does too."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from fastadapt.nn import _kernel_build, fused_conv_pool
 from fastadapt.nn._kernel_build import SWITCH_VARIABLE
 from fastadapt.nn.conv4 import Conv4
 from fastadapt.nn.folded_conv_block import folded_conv_block
+from fastadapt.nn.fused_batchnorm_pool import batchnorm_pool_relu
 from fastadapt.nn.fused_conv_pool import conv_pool_relu, fused_conv_pool_applies
 
 
@@ -158,8 +159,9 @@ def test_inputs_it_does_not_take_go_to_the_operators(monkeypatch: pytest.MonkeyP
 def test_maml_meta_gradient_through_conv4_with_and_without_the_kernels(
     fused: bool, first_order: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Support (batched over tasks) and query (per task) passes, through the kernels or not,
-    give the textbook stack's meta-gradient."""
+    """Support (batched over tasks) and query (per task) passes, through both fused kernels or
+    none, give the textbook stack's meta-gradient (second order: looped support sets take the
+    BatchNorm kernel's create_graph backward)."""
     if not fused:
         monkeypatch.setenv(SWITCH_VARIABLE, "0")
     torch.manual_seed(4)
@@ -174,16 +176,18 @@ def test_maml_meta_gradient_through_conv4_with_and_without_the_kernels(
     images = torch.rand(2, 9, 1, 16, 16, generator=g, dtype=torch.float64)
     labels = torch.tensor([[0, 1, 2] * 3] * 2)
     batch = TaskBatch(images[:, :3], labels[:, :3], images[:, 3:], labels[:, 3:])
-    calls = []
+    calls, norm_calls = [], []
     counted = _counting(conv_pool_relu, calls)
     monkeypatch.setattr(fused_conv_pool, "conv_pool_relu", counted)
     monkeypatch.setattr("fastadapt.nn.folded_conv_block.conv_pool_relu", counted)
+    counted_norm = _counting(batchnorm_pool_relu, norm_calls)
+    monkeypatch.setattr("fastadapt.nn.conv4.batchnorm_pool_relu", counted_norm)
     grads = []
     for net, mode in ((model, "vmap"), (model, "loop"), (plain, "loop")):
         learner = MAML(net, problem="classification", inner_steps=2, inner_lr=0.4,
                        first_order=first_order, batch_mode=mode)  # fmt: skip
         grads.append(torch.autograd.grad(learner.meta_loss(batch).loss, list(net.parameters())))
-    assert bool(calls) == fused
+    assert bool(calls) == fused and bool(norm_calls) == fused
     for ours_vmap, ours_loop, reference in zip(*grads, strict=True):
         torch.testing.assert_close(ours_vmap, reference, rtol=1e-7, atol=1e-8)
         torch.testing.assert_close(ours_loop, reference, rtol=1e-7, atol=1e-8)

@@ -27,6 +27,10 @@ SWITCH_VARIABLE = "FASTADAPT_FUSED_KERNELS"
 KERNEL_DTYPES = (torch.float32, torch.float64)
 """The dtypes the kernels are compiled for."""
 
+CHANNEL_MULTIPLE = 8
+"""The kernels take channels in blocks of one 32-byte vector (8 float32), so they need channel
+counts that are multiples of 8 (``_kernel_vectors.h``)."""
+
 _HEADER = Path(__file__).with_name("_kernel_vectors.h")
 _log = logging.getLogger(__name__)
 

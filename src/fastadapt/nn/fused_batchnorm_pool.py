@@ -35,10 +35,12 @@ import torch
 import torch.nn.functional as F
 from torch.autograd.function import FunctionCtx
 
-from fastadapt.nn._kernel_build import build_kernels, kernels_switched_on, plain_cpu_tensors
-
-CHANNEL_MULTIPLE = 8
-"""The kernels take channels in multiples of 8."""
+from fastadapt.nn._kernel_build import (
+    CHANNEL_MULTIPLE,
+    build_kernels,
+    kernels_switched_on,
+    plain_cpu_tensors,
+)
 
 
 def fused_batchnorm_pool_applies(y: torch.Tensor, gamma: torch.Tensor | None) -> bool:

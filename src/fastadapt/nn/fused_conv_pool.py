@@ -37,10 +37,12 @@ from types import ModuleType
 import torch
 from torch.autograd.function import FunctionCtx
 
-from fastadapt.nn._kernel_build import build_kernels, kernels_switched_on, plain_cpu_tensors
-
-LANE_CHANNELS = 8
-"""The kernels take output channels in blocks of 8 (one 32-byte vector of float32)."""
+from fastadapt.nn._kernel_build import (
+    CHANNEL_MULTIPLE,
+    build_kernels,
+    kernels_switched_on,
+    plain_cpu_tensors,
+)
 
 _INACTIVE = 4
 """The argmax byte of an output the ReLU zeroed (``kInactive`` in the kernels)."""
@@ -51,7 +53,7 @@ def fused_conv_pool_applies(x: torch.Tensor, weight: torch.Tensor) -> bool:
     builds the kernels on the first call that needs them."""
     if not kernels_switched_on() or x.requires_grad or not plain_cpu_tensors(x, weight):
         return False
-    fits = weight.shape[-2] % LANE_CHANNELS == 0 and weight.dtype == x.dtype
+    fits = weight.shape[-2] % CHANNEL_MULTIPLE == 0 and weight.dtype == x.dtype
     return fits and _kernels() is not None
 
 

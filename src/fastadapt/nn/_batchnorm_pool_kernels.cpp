@@ -43,6 +43,10 @@ struct Maps {
   int64_t pooled_at(int64_t n, int64_t i, int64_t j) const {
     return ((n * pooled_height + i) * pooled_width + j) * channels;
   }
+  // Offset of y at position d (row-major) of the pooling window of output (n, i, j).
+  int64_t window_at(int64_t n, int64_t i, int64_t j, int d) const {
+    return at(n, 2 * i + d / 2, 2 * j + d % 2);
+  }
 };
 
 Maps maps(const at::Tensor& y) {
@@ -121,9 +125,8 @@ std::vector<at::Tensor> batchnorm_pool_forward(const at::Tensor& y_in, const at:
       for (int64_t row = begin; row < end; ++row) {
         const int64_t n = row / m.pooled_height, i = row % m.pooled_height;
         for (int64_t j = 0; j < m.pooled_width; ++j) {
-          const scalar_t* window[kWindow] = {
-              in + m.at(n, 2 * i, 2 * j), in + m.at(n, 2 * i, 2 * j + 1),
-              in + m.at(n, 2 * i + 1, 2 * j), in + m.at(n, 2 * i + 1, 2 * j + 1)};
+          const scalar_t* window[kWindow];
+          for (int d = 0; d < kWindow; ++d) window[d] = in + m.window_at(n, i, j, d);
           const int64_t at = m.pooled_at(n, i, j);
           for (int64_t c = 0; c < C; c += L::size) {
             const auto a = load<typename L::Value>(scale.data() + c);
@@ -173,9 +176,8 @@ std::vector<at::Tensor> batchnorm_pool_backward(const at::Tensor& grad_in, const
     const std::vector<double> sums = channel_sums(pooled, C, 2, [&](int64_t p, double* acc) {
       const int64_t j = p % m.pooled_width, i = p / m.pooled_width % m.pooled_height,
                     n = p / m.pooled_width / m.pooled_height;
-      const scalar_t* window[kWindow] = {
-          in + m.at(n, 2 * i, 2 * j), in + m.at(n, 2 * i, 2 * j + 1),
-          in + m.at(n, 2 * i + 1, 2 * j), in + m.at(n, 2 * i + 1, 2 * j + 1)};
+      const scalar_t* window[kWindow];
+      for (int d = 0; d < kWindow; ++d) window[d] = in + m.window_at(n, i, j, d);
       for (int64_t c = 0; c < C; c += L::size) {
         const auto which = load_argmax<scalar_t>(arg + p * C + c);
         V value = {};  // y at the argmax

@@ -213,8 +213,8 @@ at::Tensor conv_at_argmax(const at::Tensor& padded_in, const at::Tensor& weight_
 // The gradients of conv_pool_forward's output with respect to each group's weight and shift:
 // grad_weight[g, o, k] = sum over the group's active (n, i, j) of grad[n, i, j, o] *
 // p_{argmax}(i, j)[k], grad_shift[g, o] = sum of grad[..., o] over them. Linear in grad
-// (conv_at_argmax's adjoint). Each thread sums a fixed slice of rows into its own accumulators, so the result
-// does not depend on scheduling.
+// (conv_at_argmax's adjoint). Each thread sums a fixed slice of rows into its own
+// accumulators, so the result does not depend on scheduling.
 std::vector<at::Tensor> conv_pool_weight_grad(const at::Tensor& grad_in,
                                               const at::Tensor& padded_in,
                                               const at::Tensor& argmax_in, int64_t groups) {

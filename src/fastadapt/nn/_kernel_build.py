@@ -25,7 +25,7 @@ SWITCH_VARIABLE = "FASTADAPT_FUSED_KERNELS"
 """Environment variable: ``0`` turns the fused kernels off."""
 
 KERNEL_DTYPES = (torch.float32, torch.float64)
-"""The dtypes the kernels are compiled for."""
+"""The dtypes the convolution and BatchNorm kernels are compiled for."""
 
 CHANNEL_MULTIPLE = 8
 """The kernels take channels in blocks of one 32-byte vector (8 float32), so they need channel
@@ -40,20 +40,22 @@ def kernels_switched_on() -> bool:
     return os.environ.get(SWITCH_VARIABLE, "1") != "0"
 
 
-def plain_cpu_tensors(*tensors: torch.Tensor) -> bool:
-    """Whether every tensor is a CPU tensor of a kernel dtype, outside ``torch.func``
-    transforms (whose wrapped tensors the kernels cannot read)."""
+def plain_cpu_tensors(
+    *tensors: torch.Tensor, dtypes: tuple[torch.dtype, ...] = KERNEL_DTYPES
+) -> bool:
+    """Whether every tensor is a CPU tensor of one of ``dtypes`` (a kernel's), outside
+    ``torch.func`` transforms (whose wrapped tensors the kernels cannot read)."""
     wrapped = torch._C._functorch.is_functorch_wrapped_tensor
-    return all(
-        t.device.type == "cpu" and t.dtype in KERNEL_DTYPES and not wrapped(t) for t in tensors
-    )
+    return all(t.device.type == "cpu" and t.dtype in dtypes and not wrapped(t) for t in tensors)
 
 
 @functools.cache
-def build_kernels(source_name: str, purpose: str) -> ModuleType | None:
+def build_kernels(
+    source_name: str, purpose: str, fallback: str = "same results, slower"
+) -> ModuleType | None:
     """The compiled extension of ``source_name`` (a file beside this one), built on first use
     for this machine's CPU; ``None``, with a warning naming ``purpose`` (what falls back to
-    PyTorch operators), where it cannot be built."""
+    PyTorch operators) and ``fallback`` (how those differ), where it cannot be built."""
     from torch.utils import cpp_extension
 
     source = Path(__file__).with_name(source_name)
@@ -70,7 +72,7 @@ def build_kernels(source_name: str, purpose: str) -> ModuleType | None:
     except Exception as error:  # no compiler, no ninja, a failed build: fall back, loudly
         warnings.warn(
             f"fastadapt could not build its fused {purpose} CPU kernels ({error}); "
-            "PyTorch operators run instead (same results, slower). Install a C++ compiler "
+            f"PyTorch operators run instead ({fallback}). Install a C++ compiler "
             f"and ninja to get them, or set {SWITCH_VARIABLE}=0 to silence this.",
             stacklevel=4,
         )

@@ -45,6 +45,7 @@ from fastadapt.nn.folded_conv_block import (
     folded_conv_block_over_tasks,
 )
 from fastadapt.nn.fused_batchnorm_pool import batchnorm_pool_relu, fused_batchnorm_pool_applies
+from fastadapt.nn.fused_dropout import Dropout
 from fastadapt.nn.image_input import check_image_batch, to_channels_last
 
 DOWNSAMPLING = ("pool", "stride")
@@ -78,7 +79,7 @@ class ConvBlock(nn.Sequential):
             nn.ReLU(),
         ]
         if dropout > 0:
-            layers.append(nn.Dropout(dropout))
+            layers.append(Dropout(dropout))
         super().__init__(*layers)
         self.folds_batchnorm = in_channels * 3 * 3 <= MAX_PATCH_SIZE
 

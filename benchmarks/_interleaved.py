@@ -321,6 +321,25 @@ def _summarise(
     }
 
 
+def meta_learner_step(
+    learner: torch.nn.Module, batch: Any, optimizer: torch.optim.Optimizer, precision: str
+) -> Step:
+    """One training step of a fastadapt meta-learner on ``batch``, as its trainer takes it:
+    ``meta_loss`` under the autocast of ``precision`` ("float32" or "bfloat16"), ``backward()``
+    and ``optimizer``'s step."""
+    from fastadapt.nn.precision import training_autocast
+
+    def step() -> torch.Tensor:
+        optimizer.zero_grad()
+        with training_autocast(torch.device("cpu"), precision):
+            loss = learner.meta_loss(batch).loss
+        loss.backward()
+        optimizer.step()
+        return loss.detach()
+
+    return step
+
+
 def counted_flops(build: Callable[[], tuple[Step, str]]) -> Callable[[], float]:
     """``Benchmark.flops`` from an implementation's builder: the convolution and
     matrix-product FLOPs of one of its steps, forward and backward passes
@@ -406,7 +425,7 @@ def _table(
     fastest, ratio = summary["fastest_peer"], summary["speedup_vs_fastest_peer"]
     if ratio is not None:
         lines.append(f"fastadapt is {_ratio_phrase(ratio)} the fastest peer ({fastest})")
-    else:
+    elif bench.peers:
         lines.append("no comparison with the fastest peer: fastadapt or every peer failed")
     if summary["speedup_vs_baseline"] is not None:
         phrase = _ratio_phrase(summary["speedup_vs_baseline"])

@@ -41,7 +41,16 @@ import sys
 
 import torch
 import torch.nn.functional as F
-from _interleaved import OURS, PROJECT_ROOT, Benchmark, Impl, Step, counted_flops, main
+from _interleaved import (
+    OURS,
+    PROJECT_ROOT,
+    Benchmark,
+    Impl,
+    Step,
+    counted_flops,
+    main,
+    meta_learner_step,
+)
 from _maml_peers import MamlWorkload, TaskTensors, build_torch_func_loop, peer_impls
 from torch import nn
 
@@ -114,7 +123,6 @@ def _workload() -> MamlWorkload:
 def _build_fastadapt(precision: str = "float32", fused: bool = True) -> tuple[Step, str]:
     from fastadapt import MAML, Conv4, TaskBatch
     from fastadapt.nn._kernel_build import SWITCH_VARIABLE
-    from fastadapt.nn.precision import training_autocast
 
     if not fused:  # this row's worker process only
         os.environ[SWITCH_VARIABLE] = "0"
@@ -124,14 +132,7 @@ def _build_fastadapt(precision: str = "float32", fused: bool = True) -> tuple[St
     learner = MAML(model, problem="classification", inner_lr=INNER_LR, first_order=FIRST_ORDER)
     batch = TaskBatch(*(torch.stack(parts) for parts in zip(*_tasks(), strict=True)))
     optimizer = torch.optim.Adam(learner.parameters(), lr=OUTER_LR, fused=True)
-
-    def step() -> torch.Tensor:
-        optimizer.zero_grad()
-        with training_autocast(torch.device("cpu"), precision):
-            loss = learner.meta_loss(batch).loss
-        loss.backward()
-        optimizer.step()
-        return loss.detach()
+    step = meta_learner_step(learner, batch, optimizer, precision)
 
     note = f"batch_mode={learner.batch_mode}, fused Adam"
     note += "" if fused else ", no fused CPU kernels"

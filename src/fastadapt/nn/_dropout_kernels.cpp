@@ -34,6 +34,17 @@ inline uint64_t splitmix64(uint64_t seed, uint64_t index) {
   return z ^ (z >> 31);
 }
 
+// dst[i] = src[i] * (words[i] >= threshold ? kept : 0) for i < n. A function of its own, with
+// non-aliasing pointers and the select as a product, so that the compiler vectorises it.
+template <typename scalar_t, typename opmath_t>
+void mask_block(const scalar_t* __restrict src, scalar_t* __restrict dst,
+                const uint32_t* __restrict words, int64_t n, uint32_t threshold, opmath_t kept) {
+  for (int64_t i = 0; i < n; ++i) {
+    const opmath_t factor = kept * static_cast<opmath_t>(words[i] >= threshold);
+    dst[i] = static_cast<scalar_t>(static_cast<opmath_t>(src[i]) * factor);
+  }
+}
+
 template <typename scalar_t>
 void scale_kept(const scalar_t* in, scalar_t* out, int64_t count, uint64_t seed,
                 uint32_t threshold, double scale) {
@@ -49,12 +60,7 @@ void scale_kept(const scalar_t* in, scalar_t* out, int64_t count, uint64_t seed,
       for (int64_t k = 0; k < kBlock / 2; ++k) draws[k] = splitmix64(seed, first_draw + k);
       std::memcpy(words, draws, sizeof(words));  // little endian: low half first
       const int64_t n = std::min(kBlock, count - first);
-      const scalar_t* src = in + first;
-      scalar_t* dst = out + first;
-      for (int64_t i = 0; i < n; ++i) {
-        const opmath_t factor = words[i] >= threshold ? kept : opmath_t(0);
-        dst[i] = static_cast<scalar_t>(static_cast<opmath_t>(src[i]) * factor);
-      }
+      mask_block(in + first, out + first, words, n, threshold, kept);
     }
   });
 }

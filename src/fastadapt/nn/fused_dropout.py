@@ -3,7 +3,7 @@
 Inverted dropout (Srivastava et al. 2014, "Dropout: A Simple Way to Prevent Neural Networks
 from Overfitting", §10): in training each value is kept with probability 1 - p and scaled by
 1 / (1 - p), else zeroed. PyTorch's CPU dropout draws its mask with ``bernoulli_``, a serial
-generator that dominated VERSA's training step (about 20 ms for the 2.5 million values of one
+generator that dominated VERSA's training step (20 to 30 ms for the 2.5 million values of one
 Omniglot query set after Conv-4's first block, on two threads: a third of the step). Here
 (``_dropout_kernels.cpp``) value i is kept when the i-th 32-bit word of a SplitMix64 sequence
 (Steele, Lea & Flood 2014) seeded for this call is at least about p · 2³², and the mask and

@@ -64,10 +64,11 @@ def _build(
 ) -> tuple[Step, str]:
     from fastadapt.config import load_preset
     from fastadapt.engine.build import build_learner, build_optimizer
+    from fastadapt.nn._kernel_build import SWITCH_VARIABLE
     from fastadapt.nn.fused_dropout import Dropout
 
     if not fused_kernels:
-        os.environ["FASTADAPT_FUSED_KERNELS"] = "0"
+        os.environ[SWITCH_VARIABLE] = "0"
     config = load_preset(PRESET)
     learner = build_learner(config)
     if torch_dropout:
@@ -82,7 +83,7 @@ def _build(
     note = f"{PRESET}'s model, {precision}"
     if torch_dropout:
         note += ", torch.nn.Dropout"
-    return step, note + ("" if fused_kernels else ", FASTADAPT_FUSED_KERNELS=0")
+    return step, note + ("" if fused_kernels else f", {SWITCH_VARIABLE}=0")
 
 
 IMPLS = {

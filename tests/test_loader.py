@@ -59,7 +59,7 @@ def test_resuming_continues_the_same_stream():
         len(endless)
 
 
-def test_augment_gets_reproducible_seeds_per_step_and_part():
+def test_augment_gets_reproducible_seeds_per_episode_and_part():
     seeds: list[int] = []
 
     def record(images: torch.Tensor, seed: int) -> torch.Tensor:
@@ -70,9 +70,12 @@ def test_augment_gets_reproducible_seeds_per_step_and_part():
     batch = next(iter(TaskLoader(tasks, 2, steps=2, augment=record)))
     assert torch.equal(batch.support_x, tasks.batch(range(2)).support_x + 1)
     assert torch.equal(batch.support_y, tasks.batch(range(2)).support_y)
+    seeds.clear()
     list(TaskLoader(tasks, 2, steps=2, augment=record))
-    first_run, second_run = seeds[:2], seeds[2:4]
-    assert first_run == second_run and len(set(seeds[2:])) == 4
+    by_two = list(seeds)  # 4 episodes, support then query of each
+    seeds.clear()
+    list(TaskLoader(tasks, 4, steps=1, augment=record))
+    assert sorted(seeds) == sorted(by_two) and len(set(by_two)) == 8
     assert all(0 <= seed < 2**63 for seed in seeds)
 
 

@@ -28,6 +28,10 @@ RL_FAMILIES = ("nav2d", "cheetah-vel", "cheetah-dir")
 NAV2D_REWARDS = ("distance", "squared")
 """2D navigation rewards: minus the distance to the goal, or minus its square."""
 
+TRAIN_AUGMENTATIONS = ("none", "affine")
+"""``task.augment``: the training images as drawn, or each one distorted by a random affine map
+(:func:`fastadapt.tasks.augment.random_affine`, Koch et al. 2015); never validation or test."""
+
 LR_SCHEDULES = ("step", "linear")
 """``step``: ``lr · lr_decay ** (s // lr_decay_every)``; ``linear``: from ``lr`` at step 0 down to
 0 at the last step (Reptile's annealed outer step size)."""
@@ -40,10 +44,14 @@ else:  # pragma: no cover - exercised on Python 3.10 only
 
 @dataclass
 class TaskConfig:
+    """The training tasks; ``augment`` (image families only) distorts their images, one of
+    :data:`TRAIN_AUGMENTATIONS`."""
+
     family: str = "sinusoid"
     ways: int = 5
     shots: int = 10
     queries: int = 10
+    augment: str = "none"
 
 
 @dataclass
@@ -297,6 +305,7 @@ class RunConfig:
                     f"{key} must be positive, got {value!r}; set it with --set {key}=<value>."
                 )
         choices = {
+            "task.augment": (self.task.augment, TRAIN_AUGMENTATIONS),
             "train.lr_schedule": (self.train.lr_schedule, LR_SCHEDULES),
             "train.precision": (self.train.precision, tuple(PRECISIONS)),
             "algorithm.inner_optimizer": (self.algorithm.inner_optimizer, INNER_OPTIMIZERS),
@@ -332,6 +341,11 @@ class RunConfig:
                         f"{key} applies to meta-RL families only ({', '.join(RL_FAMILIES)}), "
                         f"not {self.task.family!r}; leave it at {default}."
                     )
+        if self.task.family in RL_FAMILIES and self.task.augment != "none":
+            raise ConfigError(
+                f"task.augment={self.task.augment!r} distorts images; the meta-RL family "
+                f"{self.task.family!r} has none. Set task.augment=none."
+            )
         if self.task.family in RL_FAMILIES and self.train.precision != "float32":
             raise ConfigError(
                 f"train.precision={self.train.precision!r} is not available for meta-RL "

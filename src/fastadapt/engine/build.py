@@ -32,6 +32,8 @@ from fastadapt.recsys.cold_start import cold_start_split
 from fastadapt.recsys.mean_rating import item_means
 from fastadapt.recsys.melu import MeLU
 from fastadapt.recsys.user_tasks import FEATURES, UserTasks
+from fastadapt.tasks.augment import random_affine
+from fastadapt.tasks.augmented_tasks import AugmentedTasks
 from fastadapt.tasks.sampler import FewShotSampler
 from fastadapt.tasks.sinusoid import SinusoidTasks
 from fastadapt.tasks.task import TaskBatch
@@ -81,7 +83,10 @@ def _image_episodes(config: RunConfig, split: str) -> TaskFamily:
         task, seed = config.task, config.train.seed
     else:
         task, seed = config.eval, config.eval.seed
-    return FewShotSampler(classes, task.ways, task.shots, task.queries, seed, _STREAMS[split])
+    sampler = FewShotSampler(classes, task.ways, task.shots, task.queries, seed, _STREAMS[split])
+    if split == "train" and config.task.augment == "affine":
+        return AugmentedTasks(sampler, random_affine)
+    return sampler
 
 
 def _users(config: RunConfig, split: str) -> TaskFamily:
@@ -109,7 +114,13 @@ TASK_FAMILIES: dict[str, FamilySpec] = {
 
 def build_task_family(config: RunConfig, split: str) -> TaskFamily:
     """Tasks of ``split`` ("train", "val" or "test"); val and test use the eval protocol."""
-    return _choose("task.family", config.task.family, TASK_FAMILIES).build(config, split)
+    spec = _choose("task.family", config.task.family, TASK_FAMILIES)
+    if config.task.augment != "none" and spec.problem != "classification":
+        raise ConfigError(
+            f"task.augment={config.task.augment!r} distorts images, but task.family="
+            f"{config.task.family!r} has no images; set task.augment=none."
+        )
+    return spec.build(config, split)
 
 
 def image_channels(family: str) -> int:

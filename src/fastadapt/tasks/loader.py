@@ -1,30 +1,28 @@
 """Meta-batches of episodes for a training loop, optionally from worker processes.
 
 Step ``s`` of a :class:`TaskLoader` is the meta-batch of episodes
-``s * meta_batch .. (s + 1) * meta_batch - 1`` of its sampler, augmented (if asked) with a seed
-derived from ``(sampler seed, sampler stream, s)``. Every step is thus a pure function of its
-number: the batches are the same with 0 or 8 workers, and a run resumed at ``start_step``
-continues the exact stream it would have seen (DESIGN.md §4.5).
+``s * meta_batch .. (s + 1) * meta_batch - 1`` of its sampler, augmented (if asked) with seeds
+derived from each episode's index (:class:`~fastadapt.tasks.augmented_tasks.AugmentedTasks`).
+Every step is thus a pure function of its number: the batches are the same with 0 or 8
+workers, and a run resumed at ``start_step`` continues the exact stream it would have seen
+(DESIGN.md §4.5).
 """
 
 from __future__ import annotations
 
 import itertools
 import warnings
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
 from fastadapt.errors import ConfigError
-from fastadapt.tasks.counter_rng import stream_key
+from fastadapt.tasks.augment import Augment
+from fastadapt.tasks.augmented_tasks import AugmentedTasks
 from fastadapt.tasks.sampler import FewShotSampler
 from fastadapt.tasks.task import TaskBatch
-
-Augment = Callable[[torch.Tensor, int], torch.Tensor]
-_SUPPORT, _QUERY = 0, 1
-_AUGMENT_STREAM = 2
 
 
 class TaskLoader:
@@ -39,9 +37,9 @@ class TaskLoader:
             not depend on it.
         pin_memory: return batches in page-locked memory, for fast asynchronous copies to an
             accelerator (ignored, with a warning, when there is none).
-        augment: ``augment(images, seed)`` applied to ``support_x`` and ``query_x`` of every
-            batch (e.g. :func:`fastadapt.tasks.augment.random_crop_flip`), with seeds derived
-            from the sampler's seed and stream and the step.
+        augment: ``augment(images, seed)`` applied to the support and the query images of
+            every episode (e.g. :func:`fastadapt.tasks.augment.random_crop_flip`), with seeds
+            derived from the sampler's seed and stream and the episode's index.
     """
 
     def __init__(
@@ -100,28 +98,12 @@ class _Steps(Dataset[TaskBatch]):
     """Step number -> its (augmented) meta-batch; what worker processes run."""
 
     def __init__(self, sampler: FewShotSampler, meta_batch: int, augment: Augment | None) -> None:
-        self.sampler, self.meta_batch, self.augment = sampler, meta_batch, augment
+        self.tasks = sampler if augment is None else AugmentedTasks(sampler, augment)
+        self.meta_batch = meta_batch
 
     def __getitem__(self, step: int) -> TaskBatch:
         first = step * self.meta_batch
-        batch = self.sampler.batch(range(first, first + self.meta_batch))
-        if self.augment is None:
-            return batch
-        support_seed, query_seed = (
-            _augment_seed(self.sampler, step, part) for part in (_SUPPORT, _QUERY)
-        )
-        return TaskBatch(
-            self.augment(batch.support_x, support_seed),
-            batch.support_y,
-            self.augment(batch.query_x, query_seed),
-            batch.query_y,
-        )
-
-
-def _augment_seed(sampler: FewShotSampler, step: int, part: int) -> int:
-    """A seed in ``[0, 2**63)`` for the augmentation of one part of one step."""
-    key = stream_key(sampler.seed, sampler.stream, _AUGMENT_STREAM, step, part)
-    return int(key >> np.uint64(1))
+        return self.tasks.batch(range(first, first + self.meta_batch))
 
 
 def _pinned(batch: TaskBatch) -> TaskBatch:

@@ -84,7 +84,8 @@ def random_affine(
     shift: float = 2 / 105,
     probability: float = 0.5,
 ) -> torch.Tensor:
-    """Distort each image by a random affine map (Koch et al. 2015, Sec. 3.3 and 4.2).
+    """Distort each image by a random affine map, as Koch, Zemel & Salakhutdinov 2015 ("Siamese
+    Neural Networks for One-shot Image Recognition") distort Omniglot's training images.
 
     The map is ``x -> R(θ) Sh(ρ_x, ρ_y) S(s_x, s_y) x + t`` about the image centre, with
     ``θ ~ U[-rotation, rotation]`` degrees, shears ``ρ ~ U[-shear, shear]``, scales

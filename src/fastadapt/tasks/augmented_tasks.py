@@ -33,7 +33,6 @@ class AugmentedTasks:
 
     def __init__(self, sampler: FewShotSampler, augment: Augment) -> None:
         self.sampler, self.augment = sampler, augment
-        self.seed, self.stream = sampler.seed, sampler.stream
 
     def batch(self, indices: Sequence[int] | range) -> TaskBatch:
         """The sampler's tasks ``indices``, each augmented with seeds of its own."""
@@ -47,5 +46,6 @@ class AugmentedTasks:
         return TaskBatch(support, batch.support_y, query, batch.query_y)
 
     def _seed(self, index: int, part: int) -> int:
-        key = stream_key(self.seed, self.stream, _AUGMENT_STREAM, int(index), part)
+        sampler = self.sampler
+        key = stream_key(sampler.seed, sampler.stream, _AUGMENT_STREAM, int(index), part)
         return int(key >> np.uint64(1))
